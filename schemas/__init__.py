@@ -1,0 +1,1 @@
+"""Data contracts of clamp-index: settings, tables, task messages, collection spec."""

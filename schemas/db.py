@@ -1,0 +1,175 @@
+"""SQLAlchemy 2.0 tables: files, pieces, jobs, failures, index state, vector aliases."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class FileStatus:
+    PENDING = "pending"
+    PARSED = "parsed"
+    FAILED = "failed"
+    DELETED = "deleted"
+
+
+class PieceStatus:
+    PARSED = "parsed"
+    INDEXED = "indexed"
+    FAILED = "failed"
+    DELETED = "deleted"
+
+
+class JobStatus:
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.RUNNING)
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    files_total: Mapped[int] = mapped_column(Integer, default=0)
+    files_skipped: Mapped[int] = mapped_column(Integer, default=0)
+    files_failed: Mapped[int] = mapped_column(Integer, default=0)
+    pieces_total: Mapped[int] = mapped_column(Integer, default=0)
+    pieces_indexed: Mapped[int] = mapped_column(Integer, default=0)
+    pieces_failed: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class SourceFile(Base):
+    __tablename__ = "source_files"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    uri: Mapped[str] = mapped_column(Text, unique=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime: Mapped[float] = mapped_column(Float)
+    sha256: Mapped[str] = mapped_column(String(64))
+    format: Mapped[str] = mapped_column(String(16), default="abc")
+    encoding: Mapped[str | None] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default=FileStatus.PENDING)
+    piece_count: Mapped[int] = mapped_column(Integer, default=0)
+    last_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+    __table_args__ = (Index("ix_source_files_job_status", "last_job_id", "status"),)
+
+
+class Piece(Base):
+    __tablename__ = "pieces"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    file_id: Mapped[int] = mapped_column(ForeignKey("source_files.id", ondelete="CASCADE"))
+    index_in_file: Mapped[int] = mapped_column(Integer)
+    x_number: Mapped[str | None] = mapped_column(String(32))
+    title: Mapped[str | None] = mapped_column(Text)
+    composer: Mapped[str | None] = mapped_column(Text)
+    origin: Mapped[str | None] = mapped_column(Text)
+    rhythm: Mapped[str | None] = mapped_column(Text)
+    meter: Mapped[str | None] = mapped_column(String(64))
+    unit_length: Mapped[str | None] = mapped_column(String(32))
+    key: Mapped[str | None] = mapped_column(String(64))
+    tempo: Mapped[str | None] = mapped_column(String(128))
+    extra_fields: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    abc_text: Mapped[str] = mapped_column(Text)
+    music_text: Mapped[str] = mapped_column(Text)
+    content_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    patch_count: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default=PieceStatus.PARSED)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+    __table_args__ = (
+        UniqueConstraint("file_id", "index_in_file", name="uq_pieces_file_index"),
+        Index("ix_pieces_job_status", "job_id", "status"),
+    )
+
+
+class Failure(Base):
+    __tablename__ = "failures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), index=True)
+    file_id: Mapped[int | None] = mapped_column(
+        ForeignKey("source_files.id", ondelete="CASCADE")
+    )
+    piece_id: Mapped[str | None] = mapped_column(String(32))
+    uri: Mapped[str] = mapped_column(Text)
+    stage: Mapped[str] = mapped_column(String(16))
+    error_class: Mapped[str] = mapped_column(String(128))
+    message: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class IndexState(Base):
+    """Which model's vector of a piece sits in which collection."""
+
+    __tablename__ = "index_state"
+
+    piece_id: Mapped[str] = mapped_column(
+        ForeignKey("pieces.id", ondelete="CASCADE"), primary_key=True
+    )
+    collection: Mapped[str] = mapped_column(String(128), primary_key=True)
+    model_version: Mapped[str] = mapped_column(String(64))
+    content_sha256: Mapped[str] = mapped_column(String(64))
+    indexed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (Index("ix_index_state_collection_sha", "collection", "content_sha256"),)
+
+
+class VectorCollection(Base):
+    """Every collection ever built and the model that filled it."""
+
+    __tablename__ = "vector_collections"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(64))
+    dim: Mapped[int] = mapped_column(Integer)
+    meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class VectorAlias(Base):
+    """The embedded store's alias: one row naming the active collection (shard directory)."""
+
+    __tablename__ = "vector_aliases"
+
+    alias: Mapped[str] = mapped_column(String(128), primary_key=True)
+    collection: Mapped[str] = mapped_column(String(128))
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )

@@ -1,0 +1,78 @@
+"""Runtime settings, read from CLAMP_INDEX_* environment variables or a config file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the pipeline; code never hard-codes a deployment choice."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CLAMP_INDEX_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    data_dir: Path = Field(Path(".clamp-index"), description="Embedded state lives here.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; unset = SQLite file in the data dir."
+    )
+    broker_url: str | None = Field(
+        None, description="Celery broker (redis://...); unset = tasks run in-process."
+    )
+    qdrant_url: str | None = Field(
+        None, description="Qdrant server URL; unset = embedded Qdrant engine in the data dir."
+    )
+    qdrant_api_key: str | None = None
+    qdrant_path: Path | None = Field(
+        None,
+        description="qdrant-client local mode directory (prototype/test stand-in for a server).",
+    )
+    collection_alias: str = Field("clamp-index", description="Alias queries go through.")
+    model_dir: Path | None = Field(
+        None, description="CLaMP checkpoint directory; unset = the data dir's demo model."
+    )
+    tokenizer_dir: Path | None = Field(
+        None, description="Text tokenizer directory; unset = the model directory."
+    )
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    precision: Literal["auto", "exact", "fast"] = Field(
+        "exact", description="exact = fp32; fast = bf16/fp16 autocast; auto = fast if supported."
+    )
+    torch_threads: int | None = Field(None, description="Intra-op threads; unset = torch default.")
+    files_per_parse_task: int = Field(64, ge=1)
+    pieces_per_encode_task: int = Field(256, ge=1)
+    patch_budget: int = Field(4096, ge=64, description="Patches per forward batch.")
+    upsert_batch: int = Field(512, ge=1)
+    max_file_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Larger files fail parse.")
+    file_globs: list[str] = Field(default_factory=lambda: ["*.abc"])
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'clamp-index.db').resolve()}"
+
+    @property
+    def embedded_queue(self) -> bool:
+        return not self.broker_url
+
+    @property
+    def vectors_dir(self) -> Path:
+        return self.data_dir / "vectors"
+
+    @property
+    def default_model_dir(self) -> Path:
+        return self.data_dir / "models" / "demo"
+
+
+def load_settings(data_dir: Path | None = None) -> Settings:
+    """Settings from the environment, with the CLI's --data-dir taking precedence."""
+    if data_dir is None:
+        return Settings()
+    return Settings(data_dir=data_dir)
