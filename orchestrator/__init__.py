@@ -1,0 +1,1 @@
+"""Decides what runs: job planning, queries, the CLI (no torch at import time)."""

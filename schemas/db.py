@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -25,7 +25,7 @@ def utcnow() -> datetime:
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, list[Any]: JSON}
 
 
 class FileStatus:
@@ -122,9 +122,7 @@ class Failure(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), index=True)
-    file_id: Mapped[int | None] = mapped_column(
-        ForeignKey("source_files.id", ondelete="CASCADE")
-    )
+    file_id: Mapped[int | None] = mapped_column(ForeignKey("source_files.id", ondelete="CASCADE"))
     piece_id: Mapped[str | None] = mapped_column(String(32))
     uri: Mapped[str] = mapped_column(Text)
     stage: Mapped[str] = mapped_column(String(16))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -52,6 +52,22 @@ class Settings(BaseSettings):
     upsert_batch: int = Field(512, ge=1)
     max_file_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Larger files fail parse.")
     file_globs: list[str] = Field(default_factory=lambda: ["*.abc"])
+
+    @field_validator(
+        "database_url",
+        "broker_url",
+        "qdrant_url",
+        "qdrant_api_key",
+        "qdrant_path",
+        "model_dir",
+        "tokenizer_dir",
+        "torch_threads",
+        mode="before",
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        # `export CLAMP_INDEX_BROKER_URL=` must mean "unset", not "the empty URL" or Path(".").
+        return None if isinstance(value, str) and not value.strip() else value
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -1,0 +1,27 @@
+"""Vector stores: one interface, an embedded (qdrant-edge) and a server (qdrant-client) backend."""
+
+from workers.vectors.aliases import SqlAliasRegistry
+from workers.vectors.base import (
+    AliasRegistry,
+    CollectionNotFoundError,
+    Hit,
+    StoreLockedError,
+    VectorStore,
+    VectorStoreError,
+)
+from workers.vectors.edge import EdgeVectorStore
+from workers.vectors.factory import open_vector_store
+from workers.vectors.server import QdrantServerStore
+
+__all__ = [
+    "AliasRegistry",
+    "CollectionNotFoundError",
+    "EdgeVectorStore",
+    "Hit",
+    "QdrantServerStore",
+    "SqlAliasRegistry",
+    "StoreLockedError",
+    "VectorStore",
+    "VectorStoreError",
+    "open_vector_store",
+]

@@ -1,0 +1,168 @@
+"""Embedded pipeline through the CLI: ingest, failures, search, incremental rescans, retry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+from schemas.settings import Settings
+from workers.runtime import close_contexts, get_context
+
+JIG = """X:1
+T:The Kesh
+R:jig
+M:6/8
+L:1/8
+K:G
+|:GAG GAB|ABA ABd|edd gdd|edB dBA|GAG GAB|ABA ABd|edd gdB|AGF G3:|
+"""
+REEL = """X:2
+T:Drowsy Maggie
+R:reel
+M:4/4
+L:1/8
+K:Edor
+|:E2BE dEBE|E2BE AFDF|E2BE dEBE|BABc dAFD:|
+"""
+WALTZ = """X:1
+T:Valse de Café
+R:waltz
+M:3/4
+L:1/4
+K:D
+|:A2 d|f2 e|d2 c|B3|A2 d|f2 a|g2 e|d3:|
+"""
+NO_KEY = """X:3
+T:Broken, no key line
+M:4/4
+ABcd|efga|
+"""
+
+
+@pytest.fixture()
+def runner(embedded_env: dict[str, str]) -> CliRunner:
+    close_contexts()
+    yield CliRunner(env=embedded_env)
+    close_contexts()
+
+
+def invoke_json(runner: CliRunner, *args: str) -> object:
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output + str(result.exception)
+    return json.loads(result.stdout)
+
+
+def point_count(env: dict[str, str]) -> int:
+    settings = Settings(
+        data_dir=Path(env["CLAMP_INDEX_DATA_DIR"]), model_dir=Path(env["CLAMP_INDEX_MODEL_DIR"])
+    )
+    ctx = get_context(settings)
+    name = ctx.store.resolve_alias(settings.collection_alias)
+    assert name is not None
+    return ctx.store.count(name)
+
+
+def test_ingest_failures_search_rescan_retry(
+    runner: CliRunner, embedded_env: dict[str, str], tmp_path: Path
+) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "session.abc").write_text(JIG + "\n" + REEL, encoding="utf-8")
+    (corpus / "mixed.abc").write_text(WALTZ + "\n" + NO_KEY, encoding="utf-8")
+    (corpus / "empty.abc").write_bytes(b"")
+    (corpus / "junk.abc").write_bytes(bytes(range(256)) * 40)
+    (corpus / "folder.abc").mkdir()
+    (corpus / "notes.txt").write_text("not music", encoding="utf-8")
+
+    summary = invoke_json(runner, "ingest", str(corpus))
+    assert summary == {
+        **summary,
+        "files": 4,
+        "pieces": 3,
+        "indexed": 3,
+        "failed": 4,
+        "skipped": 0,
+    }
+    assert {"job_id", "files", "pieces", "indexed", "failed", "skipped"} <= set(summary)
+    assert point_count(embedded_env) == 3
+
+    failures = invoke_json(runner, "failures")
+    by_file = {Path(f["uri"]).name: f for f in failures}
+    assert set(by_file) == {"empty.abc", "junk.abc", "folder.abc", "mixed.abc"}
+    assert by_file["empty.abc"]["stage"] == "read"
+    assert "empty" in by_file["empty.abc"]["message"]
+    assert "binary" in by_file["junk.abc"]["message"]
+    assert by_file["folder.abc"]["stage"] == "scan"
+    assert by_file["mixed.abc"]["stage"] == "parse"
+    assert "K:" in by_file["mixed.abc"]["message"]
+
+    hits = invoke_json(runner, "search", "a jig in G", "-k", "2")
+    assert len(hits) == 2
+    assert {"piece_id", "score", "title", "key", "meter", "source", "index_in_file"} <= set(hits[0])
+
+    hits = invoke_json(runner, "similar", str(corpus / "session.abc"), "--tune", "1")
+    assert hits[0]["title"] == "Drowsy Maggie"
+    assert hits[0]["index_in_file"] == 1
+    assert hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert hits[0]["key"] == "Edor" and hits[0]["meter"] == "4/4"
+
+    filtered = invoke_json(runner, "search", "tune", "--filter", "meter=3/4")
+    assert [h["title"] for h in filtered] == ["Valse de Café"]
+
+    # Unchanged files are skipped; failed ones are tried again (and fail again).
+    again = invoke_json(runner, "ingest", str(corpus))
+    assert again["skipped"] == 2 and again["indexed"] == 0
+    assert point_count(embedded_env) == 3
+
+    # A tune removed from a file loses its point; a deleted file loses all of its points.
+    (corpus / "session.abc").write_text(JIG, encoding="utf-8")
+    (corpus / "mixed.abc").unlink()
+    invoke_json(runner, "ingest", str(corpus))
+    assert point_count(embedded_env) == 1
+    titles = [h["title"] for h in invoke_json(runner, "search", "anything", "-k", "10")]
+    assert titles == ["The Kesh"]
+
+    # Fix a broken file, then `retry` indexes it and closes its failure.
+    (corpus / "empty.abc").write_text(REEL, encoding="utf-8")
+    retried = invoke_json(runner, "retry")
+    assert retried["indexed"] == 1
+    assert point_count(embedded_env) == 2
+    open_uris = {Path(f["uri"]).name for f in invoke_json(runner, "failures")}
+    assert "empty.abc" not in open_uris
+
+    status = invoke_json(runner, "status")
+    assert status["job_id"] == retried["job_id"] and status["status"] == "done"
+
+
+def test_query_errors_are_clear(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["search", "anything"])
+    assert result.exit_code == 1
+    assert "nothing is indexed yet" in result.output
+
+    bad = tmp_path / "bad.abc"
+    bad.write_bytes(b"\x00\x01\x02" * 100)
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    (corpus / "a.abc").write_text(JIG, encoding="utf-8")
+    invoke_json(runner, "ingest", str(corpus))
+    result = runner.invoke(app, ["similar", str(bad)])
+    assert result.exit_code == 1
+    assert "binary" in result.output
+    result = runner.invoke(app, ["search", "   "])
+    assert result.exit_code == 1 and "empty" in result.output
+
+
+def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
+    close_contexts()
+    env = {"CLAMP_INDEX_DATA_DIR": str(tmp_path / "s"), "CLAMP_INDEX_MODEL_DIR": ""}
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    (corpus / "a.abc").write_text(JIG, encoding="utf-8")
+    result = CliRunner(env=env).invoke(app, ["ingest", str(corpus)])
+    assert result.exit_code == 1
+    assert "init-demo-model" in result.output
+    close_contexts()

@@ -1,0 +1,203 @@
+"""Load a CLaMP checkpoint directory strictly and offline, with its identity manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from workers.clamp.configuration_clamp import ClampConfig
+from workers.clamp.modeling_clamp import ClampModel
+
+log = logging.getLogger(__name__)
+
+SAFETENSORS_NAME = "model.safetensors"
+BIN_NAME = "pytorch_model.bin"
+MANIFEST_NAME = "manifest.json"
+DEFAULT_KIND = "clamp-v1"
+# Any one of these marks a directory as holding a tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt")
+_SHOWN_KEYS = 10
+
+
+class CheckpointError(RuntimeError):
+    """The directory is not a loadable CLaMP checkpoint; the message says why and where."""
+
+
+@dataclass(frozen=True)
+class ModelManifest:
+    """What identifies a model's vectors: collections are keyed by name and version."""
+
+    name: str
+    version: str
+    kind: str
+    dim: int
+    max_patches: int
+    weights_sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, model_dir: Path) -> Path:
+        out = model_dir / MANIFEST_NAME
+        out.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        return out
+
+
+@dataclass
+class LoadedClamp:
+    model: ClampModel
+    tokenizer: PreTrainedTokenizerBase
+    config: ClampConfig
+    manifest: ModelManifest
+    model_dir: Path
+
+
+def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def weights_path(model_dir: Path) -> Path:
+    for name in (SAFETENSORS_NAME, BIN_NAME):
+        candidate = model_dir / name
+        if candidate.is_file():
+            return candidate
+    raise CheckpointError(f"no weights in {model_dir}: expected {SAFETENSORS_NAME} or {BIN_NAME}")
+
+
+def read_config(model_dir: Path) -> ClampConfig:
+    if not model_dir.is_dir():
+        raise CheckpointError(f"model directory {model_dir} does not exist")
+    if not (model_dir / "config.json").is_file():
+        raise CheckpointError(f"no config.json in {model_dir}: not a CLaMP checkpoint directory")
+    try:
+        return ClampConfig.from_dir(model_dir)
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"invalid config.json in {model_dir}: {exc}") from exc
+
+
+def read_manifest(model_dir: Path, config: ClampConfig, weights: Path) -> ModelManifest:
+    """The manifest.json if present (checked against config and weights), else derived."""
+    sha = sha256_file(weights)
+    derived = {
+        "name": model_dir.resolve().name,
+        "version": sha[:16],
+        "kind": DEFAULT_KIND,
+        "dim": config.dim,
+        "max_patches": config.max_length,
+        "weights_sha256": sha,
+    }
+    path = model_dir / MANIFEST_NAME
+    if not path.is_file():
+        return ModelManifest(**derived)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"unreadable {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    fields = {k: data.get(k, v) for k, v in derived.items()}
+    # A manifest that disagrees with the files would file vectors under the wrong model.
+    for key in ("dim", "max_patches", "weights_sha256"):
+        if fields[key] != derived[key]:
+            raise CheckpointError(
+                f"{path} says {key}={fields[key]!r} but the checkpoint in {model_dir} "
+                f"has {derived[key]!r}; rewrite or delete the manifest"
+            )
+    return ModelManifest(
+        name=str(fields["name"]),
+        version=str(fields["version"]),
+        kind=str(fields["kind"]),
+        dim=int(fields["dim"]),
+        max_patches=int(fields["max_patches"]),
+        weights_sha256=str(fields["weights_sha256"]),
+    )
+
+
+def read_state_dict(weights: Path) -> dict[str, torch.Tensor]:
+    try:
+        if weights.name.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return load_file(str(weights), device="cpu")
+        state = torch.load(weights, weights_only=True, map_location="cpu")
+    except Exception as exc:  # corrupt files raise a zoo of types; all mean the same here
+        raise CheckpointError(f"cannot read weights {weights}: {exc}") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{weights} does not hold a state dict")
+    return state
+
+
+def _tolerated(key: str) -> bool:
+    # Poolers are never used in the forward pass; whether a checkpoint carries them depends
+    # on how its towers were built, so their presence or absence cannot change a vector.
+    return ".pooler." in key
+
+
+def load_state_dict_strict(model: ClampModel, state: dict[str, Any], where: Path) -> None:
+    """Load all weights; only stale `position_ids` buffers and unused poolers may differ."""
+    expected = set(model.state_dict())
+    # Older transformers saved position_ids as persistent buffers; current ones rebuild them.
+    state = {k: v for k, v in state.items() if k in expected or not k.endswith("position_ids")}
+    missing = sorted(k for k in expected - state.keys() if not _tolerated(k))
+    unexpected = sorted(k for k in state.keys() - expected if not _tolerated(k))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys {missing[:_SHOWN_KEYS]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys {unexpected[:_SHOWN_KEYS]}")
+        raise CheckpointError(
+            f"checkpoint in {where} does not match the CLaMP layout of its config.json: "
+            + "; ".join(parts)
+        )
+    state = {k: v for k, v in state.items() if k in expected}
+    try:
+        model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches: config.json and weights disagree
+        raise CheckpointError(f"weights in {where} do not fit its config.json: {exc}") from exc
+
+
+def load_tokenizer(tokenizer_dir: Path) -> PreTrainedTokenizerBase:
+    if not tokenizer_dir.is_dir() or not any(
+        (tokenizer_dir / name).is_file() for name in TOKENIZER_FILES
+    ):
+        raise CheckpointError(
+            f"no tokenizer in {tokenizer_dir}: expected one of {', '.join(TOKENIZER_FILES)}; "
+            "pass the text encoder's tokenizer directory (e.g. distilroberta-base) explicitly"
+        )
+    try:
+        return AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot load the tokenizer in {tokenizer_dir}: {exc}") from exc
+
+
+def load_clamp(
+    model_dir: Path, tokenizer_dir: Path | None = None, device: str = "cpu"
+) -> LoadedClamp:
+    """Build the model from config.json, load its weights strictly, in eval mode on device."""
+    model_dir = Path(model_dir)
+    config = read_config(model_dir)
+    weights = weights_path(model_dir)
+    tokenizer = load_tokenizer(Path(tokenizer_dir) if tokenizer_dir is not None else model_dir)
+    manifest = read_manifest(model_dir, config, weights)
+    try:
+        model = ClampModel(config)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"cannot build the model of {model_dir}: {exc}") from exc
+    load_state_dict_strict(model, read_state_dict(weights), model_dir)
+    model.eval().to(device)
+    log.info("loaded CLaMP %s version %s from %s", manifest.name, manifest.version, model_dir)
+    return LoadedClamp(
+        model=model, tokenizer=tokenizer, config=config, manifest=manifest, model_dir=model_dir
+    )

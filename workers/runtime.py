@@ -1,0 +1,155 @@
+"""Per-process resources of a worker: settings, DB sessions, the vector store and the model."""
+
+from __future__ import annotations
+
+import atexit
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from schemas.collection import CollectionSpec
+from schemas.settings import Settings
+from workers import sinks
+from workers.database import session_factory, session_scope
+from workers.vectors import VectorStore, open_vector_store
+
+if TYPE_CHECKING:
+    from workers.clamp import ClampEncoder
+
+
+class ModelMismatchError(RuntimeError):
+    """The active collection was filled by another model than the one configured."""
+
+
+class ModelNotConfiguredError(RuntimeError):
+    pass
+
+
+def _store_key(settings: Settings) -> str:
+    if settings.qdrant_url:
+        return f"url:{settings.qdrant_url}"
+    if settings.qdrant_path:
+        return f"path:{settings.qdrant_path.resolve()}"
+    return f"edge:{settings.vectors_dir.resolve()}"
+
+
+def _encoder_key(settings: Settings) -> str:
+    fields = ("model_dir", "tokenizer_dir", "device", "precision", "patch_budget", "data_dir")
+    return repr([str(getattr(settings, f)) for f in fields])
+
+
+# A store on disk admits one opener, and a model is loaded once: both are shared per process
+# by every context whose settings point at the same store or model.
+_stores: dict[str, VectorStore] = {}
+_encoders: dict[str, ClampEncoder] = {}
+_resources_lock = threading.RLock()
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+    sessions: sessionmaker[Session]
+
+    @property
+    def store(self) -> VectorStore:
+        key = _store_key(self.settings)
+        with _resources_lock:
+            if key not in _stores:
+                _stores[key] = open_vector_store(self.settings, self.sessions)
+            return _stores[key]
+
+    @property
+    def encoder(self) -> ClampEncoder:
+        key = _encoder_key(self.settings)
+        with _resources_lock:
+            if key not in _encoders:
+                _encoders[key] = load_encoder(self.settings)
+            return _encoders[key]
+
+    def active_collection(self) -> str:
+        """The alias's collection, created for the configured model on first use."""
+        manifest = self.encoder.manifest
+        store = self.store
+        alias = self.settings.collection_alias
+        name = store.resolve_alias(alias)
+        if name is not None:
+            meta = store.collection_meta(name)
+            if meta.get("model_version") != manifest.version:
+                raise ModelMismatchError(
+                    f"collection {name!r} (alias {alias!r}) holds vectors of model "
+                    f"{meta.get('model_name')!r} version {meta.get('model_version')!r}, but the "
+                    f"configured model is {manifest.name!r} version {manifest.version!r}. "
+                    "Point CLAMP_INDEX_MODEL_DIR at the original model, or use another "
+                    "CLAMP_INDEX_COLLECTION_ALIAS."
+                )
+            return name
+        name = f"{alias}--{manifest.name}-{manifest.version[:12]}"
+        meta: dict[str, Any] = {
+            "model_name": manifest.name,
+            "model_version": manifest.version,
+            "model_kind": manifest.kind,
+            "dim": str(manifest.dim),
+            "max_patches": str(manifest.max_patches),
+            "precision": self.encoder.precision,
+        }
+        store.create_collection(CollectionSpec(name=name, dim=manifest.dim, meta=meta))
+        with session_scope(self.sessions) as session:
+            sinks.register_collection(
+                session,
+                name=name,
+                model_name=manifest.name,
+                model_version=manifest.version,
+                dim=manifest.dim,
+                meta=meta,
+            )
+        store.set_alias(alias, name)
+        return name
+
+
+def model_dir_of(settings: Settings) -> Any:
+    model_dir = settings.model_dir or settings.default_model_dir
+    if not model_dir.exists():
+        raise ModelNotConfiguredError(
+            f"no model at {model_dir}: set CLAMP_INDEX_MODEL_DIR to a CLaMP checkpoint "
+            "directory, or run `clamp-index init-demo-model` to write the demo model there"
+        )
+    return model_dir
+
+
+def load_encoder(settings: Settings) -> ClampEncoder:
+    # torch is imported here, not at module import: the orchestrator stays torch-free.
+    from workers.clamp import ClampEncoder, load_clamp
+    from workers.clamp.encoder import bf16_supported, resolve_device
+
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+    device = resolve_device(settings.device)
+    precision = settings.precision
+    if precision == "auto":
+        precision = "fast" if bf16_supported(device) else "exact"
+    loaded = load_clamp(model_dir_of(settings), settings.tokenizer_dir, device=device)
+    return ClampEncoder(
+        loaded, patch_budget=settings.patch_budget, precision=precision, device=device
+    )
+
+
+def get_context(settings: Settings | None = None) -> WorkerContext:
+    """A context for these settings; its model and store are loaded once per process."""
+    settings = settings or Settings()
+    return WorkerContext(settings, session_factory(settings.resolved_database_url()))
+
+
+def close_contexts() -> None:
+    """Close every open store (releasing its lock) and drop loaded models."""
+    with _resources_lock:
+        for store in _stores.values():
+            store.close()
+        _stores.clear()
+        _encoders.clear()
+
+
+atexit.register(close_contexts)

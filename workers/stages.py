@@ -1,0 +1,191 @@
+"""The plain functions each task runs: parse files into pieces, encode pieces into vectors."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from schemas.collection import point_id
+from schemas.db import FileStatus, Piece, SourceFile
+from workers import sinks
+from workers.abc import (
+    AbcDecodeError,
+    ParsedPiece,
+    PieceError,
+    decode_abc_bytes,
+    encode_patches,
+    parse_abc_text,
+)
+from workers.database import session_scope
+from workers.runtime import WorkerContext
+
+
+class FileTooLargeError(ValueError):
+    pass
+
+
+def read_source(path: Path, max_bytes: int) -> bytes:
+    """Read a source file, refusing ones over the size limit before loading them."""
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise FileTooLargeError(
+            f"file is {size:,} bytes, over the limit of {max_bytes:,} (CLAMP_INDEX_MAX_FILE_BYTES)"
+        )
+    with path.open("rb") as fh:
+        return fh.read(max_bytes + 1)
+
+
+@dataclass(frozen=True)
+class ParseOutcome:
+    to_encode: list[str]
+    removed: list[str]
+    pieces: int
+    failures: int
+
+
+def parse_files(ctx: WorkerContext, job_id: int, file_ids: Sequence[int]) -> ParseOutcome:
+    """Parse each file on its own: one bad file or tune never stops the others."""
+    to_encode: list[str] = []
+    removed: list[str] = []
+    n_pieces = n_failures = 0
+    for file_id in file_ids:
+        with session_scope(ctx.sessions) as session:
+            source = session.get(SourceFile, file_id)
+            if source is None or source.status != FileStatus.PENDING:
+                continue  # a redelivered task: already handled
+            # Earlier failures of this file are superseded by what this attempt finds.
+            sinks.resolve_failures(session, file_id=file_id)
+            try:
+                data = read_source(Path(source.uri), ctx.settings.max_file_bytes)
+                text, encoding = decode_abc_bytes(data)
+            except (OSError, FileTooLargeError, AbcDecodeError) as exc:
+                sinks.record_failure(
+                    session,
+                    job_id=job_id,
+                    file_id=file_id,
+                    uri=source.uri,
+                    stage="read",
+                    error_class=type(exc).__name__,
+                    message=_describe(exc),
+                )
+                sinks.mark_file(session, file_id, status=FileStatus.FAILED)
+                n_failures += 1
+                continue
+            results = parse_abc_text(text)
+            good = [r for r in results if isinstance(r, ParsedPiece)]
+            for bad in (r for r in results if isinstance(r, PieceError)):
+                sinks.record_failure(
+                    session,
+                    job_id=job_id,
+                    file_id=file_id,
+                    uri=source.uri,
+                    stage="parse",
+                    error_class=bad.error_class,
+                    message=f"tune #{bad.index + 1}"
+                    + (f" (X:{bad.x_number})" if bad.x_number else "")
+                    + f": {bad.message}",
+                )
+                n_failures += 1
+            new_ids, gone = sinks.upsert_pieces(session, job_id=job_id, source=source, pieces=good)
+            to_encode += new_ids
+            removed += gone
+            sinks.mark_file(
+                session,
+                file_id,
+                status=FileStatus.PARSED if good else FileStatus.FAILED,
+                encoding=encoding,
+                piece_count=len(good),
+            )
+            n_pieces += len(good)
+    return ParseOutcome(to_encode=to_encode, removed=removed, pieces=n_pieces, failures=n_failures)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"cannot read file: {exc.strerror}"
+    return str(exc) or type(exc).__name__
+
+
+def piece_payload(piece: Piece, uri: str) -> dict[str, object]:
+    """What a query returns without touching the database, and what filters can use."""
+    return {
+        "piece_id": piece.id,
+        "source": uri,
+        "index_in_file": piece.index_in_file,
+        "x_number": piece.x_number,
+        "title": piece.title,
+        "composer": piece.composer,
+        "origin": piece.origin,
+        "rhythm": piece.rhythm,
+        "meter": piece.meter,
+        "key": piece.key,
+        "file_name": os.path.basename(uri),
+    }
+
+
+@dataclass(frozen=True)
+class EncodeOutcome:
+    indexed: int
+    failures: int
+    collection: str
+
+
+def encode_pieces(
+    ctx: WorkerContext, job_id: int, piece_ids: Sequence[str], collection: str | None = None
+) -> EncodeOutcome:
+    """Encode pieces in model batches, upsert their points, then mark them indexed."""
+    encoder = ctx.encoder
+    collection = collection or ctx.active_collection()
+    with session_scope(ctx.sessions) as session:
+        rows = sinks.load_pieces(session, piece_ids)
+    patches, ok_rows, failures = [], [], 0
+    for piece, uri in rows:
+        try:
+            patches.append(encode_patches(piece.music_text, encoder.manifest.max_patches))
+            ok_rows.append((piece, uri))
+        except Exception as exc:  # a piece that cannot be patched must not sink its batch
+            failures += 1
+            with session_scope(ctx.sessions) as session:
+                sinks.record_failure(
+                    session,
+                    job_id=job_id,
+                    file_id=piece.file_id,
+                    piece_id=piece.id,
+                    uri=uri,
+                    stage="encode",
+                    error_class=type(exc).__name__,
+                    message=str(exc),
+                )
+                sinks.mark_piece_failed(session, piece.id)
+    if not ok_rows:
+        return EncodeOutcome(indexed=0, failures=failures, collection=collection)
+    vectors = encoder.encode_music(patches)
+    store = ctx.store
+    step = ctx.settings.upsert_batch
+    for start in range(0, len(ok_rows), step):
+        chunk = ok_rows[start : start + step]
+        store.upsert(
+            collection,
+            [point_id(p.id) for p, _ in chunk],
+            vectors[start : start + step],
+            [piece_payload(p, uri) for p, uri in chunk],
+        )
+    with session_scope(ctx.sessions) as session:
+        sinks.mark_indexed(
+            session,
+            pieces=[p for p, _ in ok_rows],
+            collection=collection,
+            model_version=encoder.manifest.version,
+        )
+    return EncodeOutcome(indexed=len(ok_rows), failures=failures, collection=collection)
+
+
+def delete_points(ctx: WorkerContext, piece_ids: Sequence[str]) -> None:
+    """Remove the points of deleted pieces from the active collection."""
+    alias_target = ctx.store.resolve_alias(ctx.settings.collection_alias)
+    if alias_target is not None and piece_ids:
+        ctx.store.delete(alias_target, [point_id(p) for p in piece_ids])
+    with session_scope(ctx.sessions) as session:
+        sinks.forget_index_state(session, piece_ids)

@@ -1,0 +1,85 @@
+"""Thin task wrappers: decode a message, call a stage, queue the follow-up work."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from schemas.messages import DeletePointsMessage, EncodePiecesMessage, ParseFilesMessage
+from workers import sinks, stages
+from workers.celery_app import DELETE_TASK, ENCODE_TASK, PARSE_TASK, CeleryDispatcher, app
+from workers.database import session_scope
+from workers.runtime import WorkerContext, get_context
+
+log = logging.getLogger(__name__)
+
+# Infrastructure hiccups are retried with backoff; bad input never raises out of a stage.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OperationalError,
+    InterfaceError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+class Dispatcher(Protocol):
+    def parse(self, msg: ParseFilesMessage) -> None: ...
+    def encode(self, msg: EncodePiecesMessage) -> None: ...
+    def delete(self, msg: DeletePointsMessage) -> None: ...
+
+
+def handle_parse(ctx: WorkerContext, msg: ParseFilesMessage, dispatcher: Dispatcher) -> None:
+    outcome = stages.parse_files(ctx, msg.job_id, msg.file_ids)
+    if outcome.removed:
+        dispatcher.delete(DeletePointsMessage(piece_ids=outcome.removed))
+    step = ctx.settings.pieces_per_encode_task
+    for start in range(0, len(outcome.to_encode), step):
+        dispatcher.encode(
+            EncodePiecesMessage(
+                job_id=msg.job_id, piece_ids=outcome.to_encode[start : start + step]
+            )
+        )
+    refresh(ctx, msg.job_id)
+
+
+def handle_encode(ctx: WorkerContext, msg: EncodePiecesMessage) -> None:
+    stages.encode_pieces(ctx, msg.job_id, msg.piece_ids, msg.collection)
+    refresh(ctx, msg.job_id)
+
+
+def handle_delete(ctx: WorkerContext, msg: DeletePointsMessage) -> None:
+    stages.delete_points(ctx, msg.piece_ids)
+
+
+def refresh(ctx: WorkerContext, job_id: int) -> sinks.JobCounts:
+    with session_scope(ctx.sessions) as session:
+        return sinks.refresh_job(session, job_id)
+
+
+_RETRY: dict[str, Any] = {
+    "autoretry_for": TRANSIENT_ERRORS,
+    "retry_backoff": True,
+    "retry_backoff_max": 300,
+    "retry_jitter": True,
+    "max_retries": 10,
+}
+
+
+@app.task(name=PARSE_TASK, **_RETRY)
+def parse_files_task(payload: dict[str, Any]) -> None:
+    handle_parse(get_context(), ParseFilesMessage.model_validate(payload), CeleryDispatcher(app))
+
+
+@app.task(name=ENCODE_TASK, **_RETRY)
+def encode_pieces_task(payload: dict[str, Any]) -> None:
+    ctx = get_context()
+    handle_encode(ctx, EncodePiecesMessage.model_validate(payload))
+    # The store is shared with the process's next task, but its WAL should hit disk now.
+    ctx.store.flush()
+
+
+@app.task(name=DELETE_TASK, **_RETRY)
+def delete_points_task(payload: dict[str, Any]) -> None:
+    handle_delete(get_context(), DeletePointsMessage.model_validate(payload))
