@@ -242,7 +242,8 @@ def _print_hits(hits: list[Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps([h.to_dict() for h in hits], ensure_ascii=False))
         return
-    table = Table("#", "score", "title", "key", "meter", "source", "tune", "piece_id")
+    table = Table("#", "score", "title", "key", "meter", "source", "tune")
+    table.add_column("piece_id", overflow="fold", min_width=32)
     for h in hits:
         table.add_row(
             str(h.rank),

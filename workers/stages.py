@@ -83,9 +83,7 @@ def parse_files(ctx: WorkerContext, job_id: int, file_ids: Sequence[int]) -> Par
                     uri=source.uri,
                     stage="parse",
                     error_class=bad.error_class,
-                    message=f"tune #{bad.index + 1}"
-                    + (f" (X:{bad.x_number})" if bad.x_number else "")
-                    + f": {bad.message}",
+                    message=bad.message,
                 )
                 n_failures += 1
             new_ids, gone = sinks.upsert_pieces(session, job_id=job_id, source=source, pieces=good)
