@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
+from orchestrator.search import SearchService
 from schemas.settings import Settings
 from workers.runtime import close_contexts, get_context
 
@@ -166,3 +167,40 @@ def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "init-demo-model" in result.output
     close_contexts()
+
+
+def test_identical_music_is_encoded_once(embedded_env: dict[str, str], tmp_path: Path) -> None:
+    """Pieces whose music matches an indexed one reuse its vector instead of re-encoding."""
+    from orchestrator.jobs import plan_ingest
+    from workers import stages
+
+    close_contexts()
+    settings = Settings(
+        data_dir=Path(embedded_env["CLAMP_INDEX_DATA_DIR"]),
+        model_dir=Path(embedded_env["CLAMP_INDEX_MODEL_DIR"]),
+    )
+    ctx = get_context(settings)
+    try:
+        first, second = tmp_path / "a", tmp_path / "b"
+        first.mkdir()
+        second.mkdir()
+        (first / "kesh.abc").write_text(JIG + "\n" + REEL, encoding="utf-8")
+        # Same music under other titles, twice in one file: metadata differs, vectors must not.
+        renamed = JIG.replace("The Kesh", "Kesh Jig")
+        (second / "copy.abc").write_text(
+            renamed + "\n" + renamed.replace("X:1", "X:5"), encoding="utf-8"
+        )
+
+        outcomes = []
+        for folder in (first, second):
+            plan = plan_ingest(ctx.sessions, settings, [folder])
+            parsed = stages.parse_files(ctx, plan.job_id, plan.file_ids)
+            outcomes.append(stages.encode_pieces(ctx, plan.job_id, parsed.to_encode))
+        assert (outcomes[0].indexed, outcomes[0].encoded) == (2, 2)
+        assert (outcomes[1].indexed, outcomes[1].encoded) == (2, 0)
+        assert ctx.store.count(outcomes[1].collection) == 4
+        hits = SearchService(ctx).similar_abc(JIG, k=4)
+        exact = sorted(h.title or "" for h in hits if h.score > 0.9999)
+        assert exact == ["Kesh Jig", "Kesh Jig", "The Kesh"]
+    finally:
+        close_contexts()

@@ -267,6 +267,16 @@ def mark_indexed(
     )
 
 
+def indexed_pieces_by_content(session: Session, collection: str, shas: set[str]) -> dict[str, str]:
+    """One already-indexed piece per music hash: its vector can serve identical music."""
+    rows = session.execute(
+        select(IndexState.content_sha256, func.min(IndexState.piece_id))
+        .where(IndexState.collection == collection, IndexState.content_sha256.in_(list(shas)))
+        .group_by(IndexState.content_sha256)
+    )
+    return {sha: pid for sha, pid in rows}
+
+
 def mark_piece_failed(session: Session, piece_id: str) -> None:
     session.execute(update(Piece).where(Piece.id == piece_id).values(status=PieceStatus.FAILED))
 

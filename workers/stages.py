@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from schemas.collection import point_id
 from schemas.db import FileStatus, Piece, SourceFile
 from workers import sinks
@@ -128,6 +130,7 @@ class EncodeOutcome:
     indexed: int
     failures: int
     collection: str
+    encoded: int
 
 
 def encode_pieces(
@@ -138,14 +141,26 @@ def encode_pieces(
     collection = collection or ctx.active_collection()
     with session_scope(ctx.sessions) as session:
         rows = sinks.load_pieces(session, piece_ids)
-    patches, ok_rows, failures = [], [], 0
-    for piece, uri in rows:
+    vectors_by_sha = _known_vectors(ctx, collection, {p.content_sha256 for p, _ in rows})
+    patches: dict[str, np.ndarray] = {}
+    failed_sha: dict[str, Exception] = {}
+    for piece, _ in rows:
+        sha = piece.content_sha256
+        if sha in vectors_by_sha or sha in patches or sha in failed_sha:
+            continue  # identical music is encoded once
         try:
-            patches.append(encode_patches(piece.music_text, encoder.manifest.max_patches))
-            ok_rows.append((piece, uri))
+            patches[sha] = encode_patches(piece.music_text, encoder.manifest.max_patches)
         except Exception as exc:  # a piece that cannot be patched must not sink its batch
-            failures += 1
-            with session_scope(ctx.sessions) as session:
+            failed_sha[sha] = exc
+    if patches:
+        encoded = encoder.encode_music(list(patches.values()))
+        vectors_by_sha.update(zip(patches, encoded, strict=True))
+    ok_rows = [(p, uri) for p, uri in rows if p.content_sha256 in vectors_by_sha]
+    bad_rows = [(p, uri) for p, uri in rows if p.content_sha256 in failed_sha]
+    if bad_rows:
+        with session_scope(ctx.sessions) as session:
+            for piece, uri in bad_rows:
+                exc = failed_sha[piece.content_sha256]
                 sinks.record_failure(
                     session,
                     job_id=job_id,
@@ -157,9 +172,6 @@ def encode_pieces(
                     message=str(exc),
                 )
                 sinks.mark_piece_failed(session, piece.id)
-    if not ok_rows:
-        return EncodeOutcome(indexed=0, failures=failures, collection=collection)
-    vectors = encoder.encode_music(patches)
     store = ctx.store
     step = ctx.settings.upsert_batch
     for start in range(0, len(ok_rows), step):
@@ -167,17 +179,32 @@ def encode_pieces(
         store.upsert(
             collection,
             [point_id(p.id) for p, _ in chunk],
-            vectors[start : start + step],
+            np.stack([vectors_by_sha[p.content_sha256] for p, _ in chunk]),
             [piece_payload(p, uri) for p, uri in chunk],
         )
+    if ok_rows:
+        with session_scope(ctx.sessions) as session:
+            sinks.mark_indexed(
+                session,
+                pieces=[p for p, _ in ok_rows],
+                collection=collection,
+                model_version=encoder.manifest.version,
+            )
+    return EncodeOutcome(
+        indexed=len(ok_rows), failures=len(bad_rows), collection=collection, encoded=len(patches)
+    )
+
+
+def _known_vectors(ctx: WorkerContext, collection: str, shas: set[str]) -> dict[str, np.ndarray]:
+    """Vectors this collection already holds for identical music (same model by construction)."""
+    if not shas:
+        return {}
     with session_scope(ctx.sessions) as session:
-        sinks.mark_indexed(
-            session,
-            pieces=[p for p, _ in ok_rows],
-            collection=collection,
-            model_version=encoder.manifest.version,
-        )
-    return EncodeOutcome(indexed=len(ok_rows), failures=failures, collection=collection)
+        donors = sinks.indexed_pieces_by_content(session, collection, shas)
+    if not donors:
+        return {}
+    found = ctx.store.retrieve_vectors(collection, [point_id(pid) for pid in donors.values()])
+    return {sha: found[point_id(pid)] for sha, pid in donors.items() if point_id(pid) in found}
 
 
 def delete_points(ctx: WorkerContext, piece_ids: Sequence[str]) -> None:
