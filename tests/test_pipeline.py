@@ -204,3 +204,28 @@ def test_identical_music_is_encoded_once(embedded_env: dict[str, str], tmp_path:
         assert exact == ["Kesh Jig", "Kesh Jig", "The Kesh"]
     finally:
         close_contexts()
+
+
+def test_other_model_is_refused_and_job_still_ends(
+    runner: CliRunner, embedded_env: dict[str, str], tmp_path: Path
+) -> None:
+    from workers.clamp import write_random_checkpoint
+
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    (corpus / "a.abc").write_text(JIG, encoding="utf-8")
+    invoke_json(runner, "ingest", str(corpus))
+
+    other_model = write_random_checkpoint(tmp_path / "other", seed=7, name="other")
+    (corpus / "b.abc").write_text(REEL, encoding="utf-8")
+    close_contexts()
+    other = CliRunner(env={**embedded_env, "CLAMP_INDEX_MODEL_DIR": str(other_model)})
+    result = other.invoke(app, ["ingest", str(corpus)])
+    assert result.exit_code == 1
+    assert "holds vectors of model" in result.output
+    result = other.invoke(app, ["search", "a reel"])
+    assert result.exit_code == 1 and "not comparable" in result.output
+
+    status = invoke_json(other, "status")
+    assert status["status"] == "done" and status["failed"] == 1 and status["indexed"] == 0
+    assert point_count(embedded_env) == 1

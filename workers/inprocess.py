@@ -34,12 +34,20 @@ class InProcessDispatcher:
     def drain(self) -> None:
         while self.pending:
             msg = self.pending.popleft()
-            if isinstance(msg, ParseFilesMessage):
-                tasks.handle_parse(self.ctx, msg, self)
-            elif isinstance(msg, EncodePiecesMessage):
-                tasks.handle_encode(self.ctx, msg)
-            else:
-                tasks.handle_delete(self.ctx, msg)
+            try:
+                if isinstance(msg, ParseFilesMessage):
+                    tasks.handle_parse(self.ctx, msg, self)
+                elif isinstance(msg, EncodePiecesMessage):
+                    tasks.handle_encode(self.ctx, msg)
+                else:
+                    tasks.handle_delete(self.ctx, msg)
+            except Exception as exc:
+                # Nothing retries in-process: record what this and every queued message
+                # would have done, so the job ends (failed) instead of pending forever.
+                for undone in (msg, *self.pending):
+                    tasks.record_message_failure(self.ctx, undone, exc)
+                self.pending.clear()
+                raise
             if self.on_done is not None:
                 self.on_done(msg)
         self.ctx.store.flush()

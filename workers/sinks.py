@@ -277,6 +277,49 @@ def indexed_pieces_by_content(session: Session, collection: str, shas: set[str])
     return {sha: pid for sha, pid in rows}
 
 
+def fail_pending_files(
+    session: Session, job_id: int, file_ids: Sequence[int], exc: BaseException
+) -> None:
+    sources = session.scalars(
+        select(SourceFile).where(
+            SourceFile.id.in_(list(file_ids)), SourceFile.status == FileStatus.PENDING
+        )
+    )
+    for source in sources:
+        record_failure(
+            session,
+            job_id=job_id,
+            file_id=source.id,
+            uri=source.uri,
+            stage="parse",
+            error_class=type(exc).__name__,
+            message=f"parse task failed: {exc}",
+        )
+        source.status = FileStatus.FAILED
+
+
+def fail_unindexed_pieces(
+    session: Session, job_id: int, piece_ids: Sequence[str], exc: BaseException
+) -> None:
+    rows = session.execute(
+        select(Piece, SourceFile.uri)
+        .join(SourceFile, SourceFile.id == Piece.file_id)
+        .where(Piece.id.in_(list(piece_ids)), Piece.status == PieceStatus.PARSED)
+    ).all()
+    for piece, uri in rows:
+        record_failure(
+            session,
+            job_id=job_id,
+            file_id=piece.file_id,
+            piece_id=piece.id,
+            uri=uri,
+            stage="encode",
+            error_class=type(exc).__name__,
+            message=f"encode task failed: {exc}",
+        )
+        piece.status = PieceStatus.FAILED
+
+
 def mark_piece_failed(session: Session, piece_id: str) -> None:
     session.execute(update(Piece).where(Piece.id == piece_id).values(status=PieceStatus.FAILED))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
+from celery import Task
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from schemas.messages import DeletePointsMessage, EncodePiecesMessage, ParseFilesMessage
@@ -53,12 +54,46 @@ def handle_delete(ctx: WorkerContext, msg: DeletePointsMessage) -> None:
     stages.delete_points(ctx, msg.piece_ids)
 
 
+def record_message_failure(
+    ctx: WorkerContext,
+    msg: ParseFilesMessage | EncodePiecesMessage | DeletePointsMessage,
+    exc: BaseException,
+) -> None:
+    """A task that failed for good turns its items into failures, so its job still ends."""
+    with session_scope(ctx.sessions) as session:
+        if isinstance(msg, ParseFilesMessage):
+            sinks.fail_pending_files(session, msg.job_id, msg.file_ids, exc)
+        elif isinstance(msg, EncodePiecesMessage):
+            sinks.fail_unindexed_pieces(session, msg.job_id, msg.piece_ids, exc)
+        else:
+            log.error("deleting %d points failed: %r", len(msg.piece_ids), exc)
+            return
+        sinks.refresh_job(session, msg.job_id)
+
+
 def refresh(ctx: WorkerContext, job_id: int) -> sinks.JobCounts:
     with session_scope(ctx.sessions) as session:
         return sinks.refresh_job(session, job_id)
 
 
+class RecordingTask(Task):  # type: ignore[misc]
+    """Records the items of a task that exhausted its retries or hit a non-transient error."""
+
+    message_type: type[ParseFilesMessage | EncodePiecesMessage | DeletePointsMessage]
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        try:
+            msg = self.message_type.model_validate(args[0])
+        except Exception:  # a malformed message has no items to record
+            log.exception("task %s failed on an unreadable message", task_id)
+            return
+        record_message_failure(get_context(), msg, exc)
+
+
 _RETRY: dict[str, Any] = {
+    "base": RecordingTask,
     "autoretry_for": TRANSIENT_ERRORS,
     "retry_backoff": True,
     "retry_backoff_max": 300,
@@ -67,12 +102,12 @@ _RETRY: dict[str, Any] = {
 }
 
 
-@app.task(name=PARSE_TASK, **_RETRY)
+@app.task(name=PARSE_TASK, message_type=ParseFilesMessage, **_RETRY)
 def parse_files_task(payload: dict[str, Any]) -> None:
     handle_parse(get_context(), ParseFilesMessage.model_validate(payload), CeleryDispatcher(app))
 
 
-@app.task(name=ENCODE_TASK, **_RETRY)
+@app.task(name=ENCODE_TASK, message_type=EncodePiecesMessage, **_RETRY)
 def encode_pieces_task(payload: dict[str, Any]) -> None:
     ctx = get_context()
     handle_encode(ctx, EncodePiecesMessage.model_validate(payload))
@@ -80,6 +115,6 @@ def encode_pieces_task(payload: dict[str, Any]) -> None:
     ctx.store.flush()
 
 
-@app.task(name=DELETE_TASK, **_RETRY)
+@app.task(name=DELETE_TASK, message_type=DeletePointsMessage, **_RETRY)
 def delete_points_task(payload: dict[str, Any]) -> None:
     handle_delete(get_context(), DeletePointsMessage.model_validate(payload))
