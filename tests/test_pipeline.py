@@ -229,3 +229,16 @@ def test_other_model_is_refused_and_job_still_ends(
     status = invoke_json(other, "status")
     assert status["status"] == "done" and status["failed"] == 1 and status["indexed"] == 0
     assert point_count(embedded_env) == 1
+
+
+def test_missing_path_fails_then_retry_indexes_it(runner: CliRunner, tmp_path: Path) -> None:
+    later = tmp_path / "later.abc"
+    summary = invoke_json(runner, "ingest", str(later))
+    assert summary["failed"] == 1 and summary["indexed"] == 0
+    [failure] = invoke_json(runner, "failures")
+    assert failure["stage"] == "scan" and "no such file" in failure["message"]
+
+    later.write_text(WALTZ, encoding="utf-8")
+    assert invoke_json(runner, "retry")["indexed"] == 1
+    assert invoke_json(runner, "failures") == []
+    assert len(invoke_json(runner, "failures", "--all")) == 1

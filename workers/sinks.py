@@ -52,6 +52,12 @@ def create_job(session: Session, kind: str, params: dict[str, Any]) -> Job:
 
 def record_file(session: Session, job_id: int, seen: FileSeen) -> tuple[int, bool]:
     """Upsert a scanned file; returns (file id, unchanged-and-fully-indexed)."""
+    # The path scans fine now, so earlier "cannot read / not found" failures are over.
+    session.execute(
+        update(Failure)
+        .where(Failure.uri == seen.uri, Failure.stage == "scan", Failure.resolved_at.is_(None))
+        .values(resolved_at=utcnow())
+    )
     existing = session.scalar(select(SourceFile).where(SourceFile.uri == seen.uri))
     if (
         existing is not None
