@@ -46,8 +46,11 @@ def handle_parse(ctx: WorkerContext, msg: ParseFilesMessage, dispatcher: Dispatc
 
 
 def handle_encode(ctx: WorkerContext, msg: EncodePiecesMessage) -> None:
-    stages.encode_pieces(ctx, msg.job_id, msg.piece_ids, msg.collection)
-    refresh(ctx, msg.job_id)
+    outcome = stages.encode_pieces(ctx, msg.job_id, msg.piece_ids, msg.collection)
+    if refresh(ctx, msg.job_id).finished and outcome.indexed:
+        # The embedded engine has no background optimizer: build the HNSW index once the
+        # job's last batch is in (a no-op below the engine's indexing threshold).
+        ctx.store.optimize(outcome.collection)
 
 
 def handle_delete(ctx: WorkerContext, msg: DeletePointsMessage) -> None:
