@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     patch_budget: int = Field(4096, ge=64, description="Patches per forward batch.")
     upsert_batch: int = Field(512, ge=1)
     max_file_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Larger files fail parse.")
+    parse_timeout_s: float = Field(
+        60.0, ge=0, description="Wall-clock limit to read+parse one file; 0 = none."
+    )
+    task_time_limit_s: int = Field(
+        3 * 3600, ge=60, description="Celery hard limit per task (soft limit 60 s earlier)."
+    )
     file_globs: list[str] = Field(default_factory=lambda: ["*.abc"])
 
     @field_validator(

@@ -30,7 +30,7 @@ def make_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         # Must exceed the longest task, or Redis hands a running task to a second worker.
-        broker_transport_options={"visibility_timeout": 6 * 3600},
+        broker_transport_options={"visibility_timeout": 2 * settings.task_time_limit_s},
         broker_connection_retry_on_startup=True,
         task_queues=[Queue(PARSE_QUEUE), Queue(ENCODE_QUEUE)],
         task_default_queue=PARSE_QUEUE,
@@ -40,6 +40,8 @@ def make_celery(settings: Settings) -> Celery:
             # Deleting points needs the vector store, which the encode workers hold.
             DELETE_TASK: {"queue": ENCODE_QUEUE},
         },
+        task_time_limit=settings.task_time_limit_s,
+        task_soft_time_limit=settings.task_time_limit_s - 60,
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=True,
     )

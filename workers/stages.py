@@ -21,6 +21,7 @@ from workers.abc import (
     parse_abc_text,
 )
 from workers.database import session_scope
+from workers.limits import ItemTimeoutError, time_limit
 from workers.runtime import WorkerContext
 
 
@@ -60,22 +61,23 @@ def parse_files(ctx: WorkerContext, job_id: int, file_ids: Sequence[int]) -> Par
             # Earlier failures of this file are superseded by what this attempt finds.
             sinks.resolve_failures(session, file_id=file_id)
             try:
-                data = read_source(Path(source.uri), ctx.settings.max_file_bytes)
-                text, encoding = decode_abc_bytes(data)
-            except (OSError, FileTooLargeError, AbcDecodeError) as exc:
+                with time_limit(ctx.settings.parse_timeout_s, "reading and parsing this file"):
+                    data = read_source(Path(source.uri), ctx.settings.max_file_bytes)
+                    text, encoding = decode_abc_bytes(data)
+                    results = parse_abc_text(text)
+            except (OSError, FileTooLargeError, AbcDecodeError, ItemTimeoutError) as exc:
                 sinks.record_failure(
                     session,
                     job_id=job_id,
                     file_id=file_id,
                     uri=source.uri,
-                    stage="read",
+                    stage="parse" if isinstance(exc, ItemTimeoutError) else "read",
                     error_class=type(exc).__name__,
                     message=_describe(exc),
                 )
                 sinks.mark_file(session, file_id, status=FileStatus.FAILED)
                 n_failures += 1
                 continue
-            results = parse_abc_text(text)
             good = [r for r in results if isinstance(r, ParsedPiece)]
             for bad in (r for r in results if isinstance(r, PieceError)):
                 sinks.record_failure(
