@@ -38,9 +38,11 @@ def split_tunes(text: str) -> list[RawTune]:
 
     A tune starts at a line beginning with ``X:`` and, as ABC 2.1 says, ends at
     the first blank line (or at the next ``X:`` line).  Text after that blank
-    line and before the next ``X:`` is free text and is ignored.
+    line and before the next ``X:`` is free text and is ignored, except blocks
+    that start with ``T:`` and hold a ``K:`` line: those are tunes whose ``X:``
+    was left out (``x_number`` None).
 
-    The file header (everything before the first ``X:``) is ignored too: ABC 2.1
+    The file header (the block before the first ``X:``) is not a tune: ABC 2.1
     lets its field lines (``M:``, ``L:``, ``%%`` directives...) apply to every
     tune, but inheriting them would make a tune's music depend on text outside
     it, so for now nothing is inherited and each tune must be complete on its own.
@@ -62,18 +64,41 @@ def split_tunes(text: str) -> list[RawTune]:
         body = "\n".join(lines[first : last + 1])
         return [RawTune(index=0, x_number=None, text=body, start_line=first + 1)]
 
-    tunes: list[RawTune] = []
+    # (start, stop, x_number) of every tune; X: tunes end at their first blank line.
+    spans: list[tuple[int, int, str | None]] = []
+    covered_until = 0
     for index, start in enumerate(starts):
+        spans += _untagged_tunes(lines, covered_until, start)
         stop = starts[index + 1] if index + 1 < len(starts) else len(lines)
         end = start + 1
         while end < stop and not _is_blank(lines[end]):
             end += 1
-        tunes.append(
-            RawTune(
-                index=index,
-                x_number=_x_value(lines[start]),
-                text="\n".join(lines[start:end]),
-                start_line=start + 1,
-            )
-        )
-    return tunes
+        spans.append((start, end, _x_value(lines[start])))
+        covered_until = end
+    spans += _untagged_tunes(lines, covered_until, len(lines))
+    return [
+        RawTune(index=i, x_number=x, text="\n".join(lines[a:b]), start_line=a + 1)
+        for i, (a, b, x) in enumerate(spans)
+    ]
+
+
+def _untagged_tunes(lines: list[str], begin: int, end: int) -> list[tuple[int, int, str | None]]:
+    """Blocks between X: tunes that are tunes all the same: a T: line first and a K: line.
+
+    Collections in the wild drop X: on some tunes; such a block is not free text, and
+    treating it as free text would silently lose the tune.
+    """
+    found: list[tuple[int, int, str | None]] = []
+    i = begin
+    while i < end:
+        if _is_blank(lines[i]):
+            i += 1
+            continue
+        j = i
+        while j < end and not _is_blank(lines[j]):
+            j += 1
+        block = lines[i:j]
+        if block[0].startswith("T:") and any(_K_LINE.match(line) for line in block):
+            found.append((i, j, None))
+        i = j
+    return found
