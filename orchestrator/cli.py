@@ -302,6 +302,51 @@ def similar(
 
 
 @app.command()
+def classify(
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="ABC files to label (or use --indexed).")
+    ] = None,
+    labels: Annotated[
+        str, typer.Option(help='Comma-separated labels, e.g. "jig,reel,waltz".')
+    ] = "",
+    template: Annotated[str, typer.Option(help="Prompt per label.")] = "a {label}",
+    indexed: Annotated[bool, typer.Option("--indexed", help="Label every indexed piece.")] = False,
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Zero-shot classification: the label whose prompt is closest to each tune."""
+    from orchestrator.search import SearchService
+    from workers.runtime import get_context
+
+    if bool(paths) == indexed:
+        raise _fail("give either PATH... or --indexed", 2)
+    settings = _settings(data_dir)
+    label_list = labels.split(",")
+    try:
+        service = SearchService(get_context(settings))
+        if indexed:
+            results = list(service.classify_indexed(label_list, template))
+        else:
+            results = service.classify_files(paths or [], label_list, template)
+    except _user_errors() as exc:
+        raise _fail(str(exc)) from exc
+    if as_json:
+        print(json.dumps([r.to_dict() for r in results], ensure_ascii=False))
+        return
+    names = [n.strip() for n in label_list if n.strip()]
+    table = Table("title", "source", "tune", "label", *names)
+    for r in results:
+        table.add_row(
+            r.title or "",
+            os.path.basename(r.source),
+            str(r.index_in_file),
+            r.label,
+            *(f"{r.scores[n]:.3f}" for n in names),
+        )
+    out.print(table)
+
+
+@app.command()
 def failures(
     data_dir: DataDirOpt = None,
     as_json: JsonOpt = False,

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from schemas.collection import point_id
+from workers import sinks
 from workers.abc import ParsedPiece, decode_abc_bytes, encode_patches, parse_abc_text
+from workers.database import session_scope
 from workers.runtime import ModelMismatchError, WorkerContext
+from workers.sinks import piece_id_for
 from workers.stages import read_source
 
 
@@ -35,6 +42,42 @@ class SearchHit:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# The reference turns cosine similarities into label probabilities with softmax(cos * e).
+ZERO_SHOT_LOGIT_SCALE = math.e
+
+
+@dataclass(frozen=True)
+class LabelResult:
+    piece_id: str
+    source: str
+    index_in_file: int
+    title: str | None
+    label: str
+    scores: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def label_prompts(labels: Sequence[str], template: str) -> list[str]:
+    if "{label}" not in template:
+        raise QueryInputError(f"the template {template!r} has no {{label}} placeholder")
+    cleaned = [label.strip() for label in labels if label.strip()]
+    if len(cleaned) < 2:
+        raise QueryInputError("zero-shot classification needs at least two labels")
+    if len(set(cleaned)) != len(cleaned):
+        raise QueryInputError("the labels contain duplicates")
+    return [template.format(label=label) for label in cleaned]
+
+
+def zero_shot_scores(music: np.ndarray, prompts: np.ndarray) -> np.ndarray:
+    """Rows of label probabilities from unit music vectors [N, D] and prompt vectors [L, D]."""
+    logits = (music @ prompts.T) * ZERO_SHOT_LOGIT_SCALE
+    logits -= logits.max(axis=1, keepdims=True)
+    weights = np.exp(logits)
+    return weights / weights.sum(axis=1, keepdims=True)
 
 
 class SearchService:
@@ -97,6 +140,67 @@ class SearchService:
         except (OSError, ValueError) as exc:
             raise QueryInputError(f"{path}: {exc}") from exc
         return self.similar_abc(text, k, filters, tune)
+
+    def classify_files(
+        self, paths: Sequence[Path], labels: Sequence[str], template: str = "a {label}"
+    ) -> list[LabelResult]:
+        """Zero-shot labels for every tune of the given files (indexed or not)."""
+        prompts = label_prompts(labels, template)
+        encoder = self.ctx.encoder
+        rows: list[tuple[str, str, int, str | None]] = []
+        patches: list[np.ndarray] = []
+        for path in paths:
+            try:
+                text, _ = decode_abc_bytes(read_source(path, self.ctx.settings.max_file_bytes))
+            except (OSError, ValueError) as exc:
+                raise QueryInputError(f"{path}: {exc}") from exc
+            uri = str(path.absolute())
+            for piece in parse_abc_text(text):
+                if isinstance(piece, ParsedPiece):
+                    rows.append(
+                        (piece_id_for(uri, piece.index), uri, piece.index, piece.header.title)
+                    )
+                    patches.append(encode_patches(piece.music_text, encoder.manifest.max_patches))
+        if not rows:
+            raise QueryInputError("no readable ABC tune in the given files")
+        return self._label(rows, encoder.encode_music(patches), labels, prompts)
+
+    def classify_indexed(
+        self, labels: Sequence[str], template: str = "a {label}", batch: int = 1024
+    ) -> Iterator[LabelResult]:
+        """Zero-shot labels for every indexed piece, from the vectors already stored."""
+        prompts = label_prompts(labels, template)
+        collection = self.collection()
+        with session_scope(self.ctx.sessions) as session:
+            rows = sinks.indexed_piece_rows(session, collection)
+        for start in range(0, len(rows), batch):
+            chunk = rows[start : start + batch]
+            found = self.ctx.store.retrieve_vectors(collection, [point_id(r[0]) for r in chunk])
+            present = [r for r in chunk if point_id(r[0]) in found]
+            if present:
+                vectors = np.stack([found[point_id(r[0])] for r in present])
+                yield from self._label(present, vectors, labels, prompts)
+
+    def _label(
+        self,
+        rows: Sequence[tuple[str, str, int, str | None]],
+        vectors: np.ndarray,
+        labels: Sequence[str],
+        prompts: Sequence[str],
+    ) -> list[LabelResult]:
+        names = [label.strip() for label in labels if label.strip()]
+        probs = zero_shot_scores(vectors, self.ctx.encoder.encode_texts(list(prompts)))
+        return [
+            LabelResult(
+                piece_id=pid,
+                source=uri,
+                index_in_file=index,
+                title=title,
+                label=names[int(np.argmax(p))],
+                scores={name: round(float(x), 6) for name, x in zip(names, p, strict=True)},
+            )
+            for (pid, uri, index, title), p in zip(rows, probs, strict=True)
+        ]
 
     def _query(
         self, collection: str, vector: Any, k: int, filters: Mapping[str, Any] | None

@@ -242,3 +242,43 @@ def test_missing_path_fails_then_retry_indexes_it(runner: CliRunner, tmp_path: P
     assert invoke_json(runner, "retry")["indexed"] == 1
     assert invoke_json(runner, "failures") == []
     assert len(invoke_json(runner, "failures", "--all")) == 1
+
+
+def test_classify_files_and_indexed_agree(runner: CliRunner, tmp_path: Path) -> None:
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    (corpus / "session.abc").write_text(JIG + "\n" + REEL, encoding="utf-8")
+    (corpus / "waltz.abc").write_text(WALTZ, encoding="utf-8")
+    invoke_json(runner, "ingest", str(corpus))
+
+    labels = "jig,reel,waltz"
+    from_files = invoke_json(
+        runner,
+        "classify",
+        str(corpus / "session.abc"),
+        str(corpus / "waltz.abc"),
+        "--labels",
+        labels,
+        "--template",
+        "a {label}",
+    )
+    from_index = invoke_json(runner, "classify", "--indexed", "--labels", labels)
+    assert len(from_files) == len(from_index) == 3
+    assert {"piece_id", "source", "title", "label", "scores"} <= set(from_files[0])
+    by_id = {r["piece_id"]: r for r in from_index}
+    for r in from_files:
+        assert set(r["scores"]) == {"jig", "reel", "waltz"}
+        assert sum(r["scores"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert r["label"] == max(r["scores"], key=r["scores"].get)
+        indexed = by_id[r["piece_id"]]  # same piece ids whether indexed or read from disk
+        assert indexed["label"] == r["label"]
+        for name, p in r["scores"].items():
+            assert indexed["scores"][name] == pytest.approx(p, abs=1e-3)
+
+    for bad_args, words in [
+        (["--indexed", "--labels", "jig"], "at least two labels"),
+        (["--indexed", "--labels", "jig,reel", "--template", "no placeholder"], "{label}"),
+        (["--labels", "jig,reel"], "either PATH"),
+    ]:
+        result = runner.invoke(app, ["classify", *bad_args])
+        assert result.exit_code != 0 and words in result.output, result.output

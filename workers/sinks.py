@@ -326,6 +326,18 @@ def fail_unindexed_pieces(
         piece.status = PieceStatus.FAILED
 
 
+def indexed_piece_rows(session: Session, collection: str) -> list[tuple[str, str, int, str | None]]:
+    """(piece id, source uri, index in file, title) of every piece indexed in a collection."""
+    rows = session.execute(
+        select(Piece.id, SourceFile.uri, Piece.index_in_file, Piece.title)
+        .join(IndexState, IndexState.piece_id == Piece.id)
+        .join(SourceFile, SourceFile.id == Piece.file_id)
+        .where(IndexState.collection == collection, Piece.status == PieceStatus.INDEXED)
+        .order_by(SourceFile.uri, Piece.index_in_file)
+    )
+    return [(pid, uri, index, title) for pid, uri, index, title in rows]
+
+
 def mark_piece_failed(session: Session, piece_id: str) -> None:
     session.execute(update(Piece).where(Piece.id == piece_id).values(status=PieceStatus.FAILED))
 
