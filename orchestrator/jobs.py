@@ -17,6 +17,7 @@ from schemas.db import Failure, Job, JobStatus
 from schemas.messages import DeletePointsMessage, EncodePiecesMessage, ParseFilesMessage
 from schemas.settings import Settings
 from workers import sinks
+from workers.convert import SUPPORTED_SUFFIXES
 from workers.database import session_scope
 
 HASH_CHUNK = 1 << 20
@@ -46,11 +47,11 @@ def iter_candidate_files(paths: Sequence[Path], globs: Sequence[str]) -> Iterato
             for root, dirs, files in os.walk(path, followlinks=False, onerror=None):
                 dirs.sort()
                 for name in sorted(files):
-                    if any(fnmatch.fnmatch(name, g) for g in globs):
+                    if _matches(name, globs):
                         yield Path(root) / name
                 # A directory named like a source file is a mistake worth reporting.
                 for name in dirs:
-                    if any(fnmatch.fnmatch(name, g) for g in globs):
+                    if _matches(name, globs):
                         yield ScanError(
                             str((Path(root) / name).absolute()),
                             "IsADirectoryError",
@@ -60,6 +61,12 @@ def iter_candidate_files(paths: Sequence[Path], globs: Sequence[str]) -> Iterato
             yield path
         else:
             yield ScanError(str(path.absolute()), "FileNotFoundError", "no such file or directory")
+
+
+def _matches(name: str, globs: Sequence[str]) -> bool:
+    # Catalogs exported on Windows/macOS mix ".ABC", ".Mid", ".XML" freely.
+    lowered = name.lower()
+    return any(fnmatch.fnmatchcase(lowered, g.lower()) for g in globs)
 
 
 def fingerprint(path: Path) -> sinks.FileSeen:
@@ -75,7 +82,7 @@ def fingerprint(path: Path) -> sinks.FileSeen:
         size=st.st_size,
         mtime=st.st_mtime,
         sha256=digest.hexdigest(),
-        format=path.suffix.lstrip(".").lower() or "abc",
+        format=SUPPORTED_SUFFIXES.get(path.suffix.lower(), "abc"),
     )
 
 

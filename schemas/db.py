@@ -101,7 +101,10 @@ class Piece(Base):
     key: Mapped[str | None] = mapped_column(String(64))
     tempo: Mapped[str | None] = mapped_column(String(128))
     extra_fields: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    abc_text: Mapped[str] = mapped_column(Text)
+    # What the file was and what turned it into ABC, so results can be traced and re-made.
+    source_format: Mapped[str] = mapped_column(String(16), default="abc", server_default="abc")
+    converter: Mapped[str | None] = mapped_column(String(128))
+    abc_text: Mapped[str] = mapped_column(Text)  # the ABC we read (converted if not ABC)
     music_text: Mapped[str] = mapped_column(Text)
     content_sha256: Mapped[str] = mapped_column(String(64), index=True)
     patch_count: Mapped[int] = mapped_column(Integer)

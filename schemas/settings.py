@@ -57,7 +57,10 @@ class Settings(BaseSettings):
     task_time_limit_s: int = Field(
         3 * 3600, ge=60, description="Celery hard limit per task (soft limit 60 s earlier)."
     )
-    file_globs: list[str] = Field(default_factory=lambda: ["*.abc"])
+    file_globs: list[str] = Field(
+        default_factory=lambda: ["*.abc", "*.xml", "*.musicxml", "*.mxl", "*.mid", "*.midi"],
+        description="Files a directory scan picks up (matched case-insensitively).",
+    )
 
     @field_validator(
         "database_url",

@@ -8,9 +8,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
+from schemas.db import Piece, SourceFile
+from schemas.settings import Settings
+from tests.test_convert import BILLION_LAUGHS, G_MAJOR_TUNE, TWO_BARS, make_midi, make_mxl
+from workers.database import session_factory, session_scope
 from workers.runtime import close_contexts
 
 BAD_DIR = Path(__file__).parent / "data" / "bad"
@@ -38,6 +43,14 @@ def make_generated(root: Path) -> None:
     os.symlink(root / "loop_a.abc", root / "loop_b.abc")
     os.symlink(root / "does_not_exist.abc", root / "dangling.abc")
     (root / "directory.abc").mkdir()
+    # Other formats: good ones are converted and indexed, broken ones fail at "convert".
+    (root / "score.musicxml").write_bytes(TWO_BARS)
+    (root / "score_compressed.mxl").write_bytes(make_mxl(TWO_BARS))
+    (root / "tune.MID").write_bytes(make_midi(G_MAJOR_TUNE))
+    (root / "truncated.mxl").write_bytes(make_mxl(TWO_BARS)[:300])
+    (root / "billion_laughs.xml").write_bytes(BILLION_LAUGHS)
+    (root / "zero_tracks.mid").write_bytes(make_midi([], tracks=0))
+    (root / "junk.musicxml").write_bytes(bytes(range(256)) * 8)
 
 
 # name -> None (indexed, with that many pieces) or (stage, error class, words in the message)
@@ -56,6 +69,10 @@ EXPECTED: dict[str, tuple[str, str, str] | int] = {
     "loop_b.abc": ("scan", "OSError", "symbolic links"),
     "dangling.abc": ("scan", "FileNotFoundError", "no such file"),
     "directory.abc": ("scan", "IsADirectoryError", "directory"),
+    "truncated.mxl": ("convert", "ConversionError", "zip"),
+    "billion_laughs.xml": ("convert", "ConversionError", "entit"),
+    "zero_tracks.mid": ("convert", "ConversionError", "track"),
+    "junk.musicxml": ("convert", "ConversionError", "xml"),
     # Recoverable: decoded or parsed as well as the text allows, and indexed.
     "invalid_utf8.abc": 1,
     "utf16_bom.abc": 1,
@@ -67,6 +84,9 @@ EXPECTED: dict[str, tuple[str, str, str] | int] = {
     "many_bars.abc": 1,
     "huge_header_field.abc": 1,
     "one_bad_tune_of_three.abc": 2,  # and one parse failure, checked below
+    "score.musicxml": 1,
+    "score_compressed.mxl": 1,
+    "tune.MID": 1,
 }
 
 
@@ -119,6 +139,25 @@ def test_every_bad_kind_is_reported_and_good_files_are_indexed(
         titles = {h["title"] for h in hits}
         assert "Sí Bheag, Sí Mhór" in titles  # Latin-1 title kept intact in metadata
         assert "Ünïcode sixteen" in titles
+
+        # Each piece records the format it came from and the converter that made its ABC.
+        settings = Settings(data_dir=Path(embedded_env["CLAMP_INDEX_DATA_DIR"]))
+        with session_scope(session_factory(settings.resolved_database_url())) as session:
+            origins = {
+                Path(uri).name: (fmt, conv, bool(abc))
+                for uri, fmt, conv, abc in session.execute(
+                    select(
+                        SourceFile.uri, Piece.source_format, Piece.converter, Piece.abc_text
+                    ).join(Piece, Piece.file_id == SourceFile.id)
+                )
+            }
+        assert origins["score.musicxml"][0] == "musicxml"
+        assert origins["score_compressed.mxl"][0] == "mxl"
+        assert origins["tune.MID"][0] == "midi"
+        assert "xml2abc" in origins["score.musicxml"][1]
+        assert "music21" in origins["tune.MID"][1]
+        assert origins["good_0.abc"][:2] == ("abc", None)
+        assert all(has_abc for _, _, has_abc in origins.values())
     finally:
         close_contexts()
 

@@ -43,6 +43,14 @@ class FileSeen:
     format: str = "abc"
 
 
+@dataclass(frozen=True)
+class SourceOrigin:
+    """The format a piece was read from and the converter that made its ABC (None for ABC)."""
+
+    source_format: str
+    converter: str | None
+
+
 def create_job(session: Session, kind: str, params: dict[str, Any]) -> Job:
     job = Job(kind=kind, status=JobStatus.RUNNING, params=params)
     session.add(job)
@@ -161,6 +169,7 @@ def upsert_pieces(
     job_id: int,
     source: SourceFile,
     pieces: Sequence[ParsedPiece],
+    origin: SourceOrigin | None = None,
 ) -> tuple[list[str], list[str]]:
     """Write a file's parsed pieces; returns (ids that need encoding, ids of removed tunes)."""
     rows: list[dict[str, Any]] = []
@@ -181,6 +190,8 @@ def upsert_pieces(
                 "key": h.key,
                 "tempo": h.tempo,
                 "extra_fields": h.extra,
+                "source_format": origin.source_format if origin else "abc",
+                "converter": origin.converter if origin else None,
                 "abc_text": p.abc_text,
                 "music_text": p.music_text,
                 "content_sha256": p.content_sha256,

@@ -20,6 +20,7 @@ from workers.abc import (
     encode_patches,
     parse_abc_text,
 )
+from workers.convert import SUPPORTED_SUFFIXES, ConversionError, convert_to_abc
 from workers.database import session_scope
 from workers.limits import ItemTimeoutError, time_limit
 from workers.runtime import WorkerContext
@@ -63,15 +64,23 @@ def parse_files(ctx: WorkerContext, job_id: int, file_ids: Sequence[int]) -> Par
             try:
                 with time_limit(ctx.settings.parse_timeout_s, "reading and parsing this file"):
                     data = read_source(Path(source.uri), ctx.settings.max_file_bytes)
-                    text, encoding = decode_abc_bytes(data)
+                    text, encoding, origin = read_as_abc(
+                        data, Path(source.uri).suffix, ctx.settings.parse_timeout_s
+                    )
                     results = parse_abc_text(text)
-            except (OSError, FileTooLargeError, AbcDecodeError, ItemTimeoutError) as exc:
+            except (
+                OSError,
+                FileTooLargeError,
+                AbcDecodeError,
+                ConversionError,
+                ItemTimeoutError,
+            ) as exc:
                 sinks.record_failure(
                     session,
                     job_id=job_id,
                     file_id=file_id,
                     uri=source.uri,
-                    stage="parse" if isinstance(exc, ItemTimeoutError) else "read",
+                    stage=_failed_stage(exc),
                     error_class=type(exc).__name__,
                     message=_describe(exc),
                 )
@@ -90,7 +99,9 @@ def parse_files(ctx: WorkerContext, job_id: int, file_ids: Sequence[int]) -> Par
                     message=bad.message,
                 )
                 n_failures += 1
-            new_ids, gone = sinks.upsert_pieces(session, job_id=job_id, source=source, pieces=good)
+            new_ids, gone = sinks.upsert_pieces(
+                session, job_id=job_id, source=source, pieces=good, origin=origin
+            )
             to_encode += new_ids
             removed += gone
             sinks.mark_file(
@@ -102,6 +113,30 @@ def parse_files(ctx: WorkerContext, job_id: int, file_ids: Sequence[int]) -> Par
             )
             n_pieces += len(good)
     return ParseOutcome(to_encode=to_encode, removed=removed, pieces=n_pieces, failures=n_failures)
+
+
+def read_as_abc(
+    data: bytes, suffix: str, timeout_s: float
+) -> tuple[str, str | None, sinks.SourceOrigin]:
+    """ABC text of a source file (converting MusicXML/MIDI), its text encoding, its origin."""
+    source_format = SUPPORTED_SUFFIXES.get(suffix.lower(), "abc")
+    if source_format == "abc":
+        text, encoding = decode_abc_bytes(data)
+        return text, encoding, sinks.SourceOrigin("abc", None)
+    converted = convert_to_abc(data, suffix, timeout_s=timeout_s or 60.0)
+    return (
+        converted.abc_text,
+        None,
+        sinks.SourceOrigin(converted.source_format, converted.converter),
+    )
+
+
+def _failed_stage(exc: BaseException) -> str:
+    if isinstance(exc, ConversionError):
+        return "convert"
+    if isinstance(exc, ItemTimeoutError):
+        return "parse"
+    return "read"
 
 
 def _describe(exc: BaseException) -> str:
