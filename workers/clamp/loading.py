@@ -24,6 +24,14 @@ DEFAULT_KIND = "clamp-v1"
 # Any one of these marks a directory as holding a tokenizer.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt")
 _SHOWN_KEYS = 10
+# The four parts of a published state dict (clamp-format.md), by key prefix.
+CLAMP_PARTS = (
+    "text_enc.",
+    "text_proj.",
+    "music_enc.patch_embedding.",
+    "music_enc.enc.",
+    "music_proj.",
+)
 
 
 class CheckpointError(RuntimeError):
@@ -157,6 +165,14 @@ def load_state_dict_strict(model: ClampModel, state: dict[str, Any], where: Path
             parts.append(f"{len(missing)} missing keys {missing[:_SHOWN_KEYS]}")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected keys {unexpected[:_SHOWN_KEYS]}")
+        absent = [part for part in CLAMP_PARTS if not any(k.startswith(part) for k in state)]
+        if absent:
+            # A wrong directory (a bare BERT/RoBERTa, another model) lacks whole parts; say
+            # so up front, since the first few sorted keys alone rarely make that obvious.
+            parts.insert(
+                0,
+                f"no weights at all under {', '.join(absent)} (is this a CLaMP checkpoint?)",
+            )
         raise CheckpointError(
             f"checkpoint in {where} does not match the CLaMP layout of its config.json: "
             + "; ".join(parts)
