@@ -21,6 +21,7 @@ from workers.convert import SUPPORTED_SUFFIXES
 from workers.database import session_scope
 
 HASH_CHUNK = 1 << 20
+SCAN_COMMIT_EVERY = 500
 
 
 class Dispatcher(Protocol):
@@ -106,8 +107,11 @@ def plan_ingest(
         job = sinks.create_job(session, kind, {"paths": [str(Path(p).absolute()) for p in paths]})
         job_id = job.id
     seen_uris: set[str] = set()
-    for item in iter_candidate_files(paths, settings.file_globs):
-        with session_scope(sessions) as session:
+    # One transaction per batch of files: a commit per file dominated scans of big catalogs.
+    with sessions() as session:
+        for n_seen, item in enumerate(iter_candidate_files(paths, settings.file_globs), 1):
+            if n_seen % SCAN_COMMIT_EVERY == 0:
+                session.commit()
             if isinstance(item, ScanError):
                 sinks.record_failure(
                     session,
@@ -138,6 +142,7 @@ def plan_ingest(
                 skipped += 1
             else:
                 file_ids.append(file_id)
+        session.commit()
     with session_scope(sessions) as session:
         for raw in paths:
             root = Path(raw)

@@ -127,7 +127,7 @@ class SearchService:
     ) -> list[SearchHit]:
         collection = self.collection()
         encoder = self.ctx.encoder
-        patches = encode_patches(piece.music_text, encoder.manifest.max_patches)
+        patches = encode_patches(piece.music_text, encoder.patch_limit)
         vector = encoder.encode_music([patches])[0]
         return self._query(collection, vector, k, filters)
 
@@ -160,7 +160,7 @@ class SearchService:
                     rows.append(
                         (piece_id_for(uri, piece.index), uri, piece.index, piece.header.title)
                     )
-                    patches.append(encode_patches(piece.music_text, encoder.manifest.max_patches))
+                    patches.append(encode_patches(piece.music_text, encoder.patch_limit))
         if not rows:
             raise QueryInputError("no readable ABC tune in the given files")
         return self._label(rows, encoder.encode_music(patches), labels, prompts)

@@ -43,11 +43,15 @@ class Settings(BaseSettings):
     )
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     precision: Literal["auto", "exact", "fast"] = Field(
-        "exact", description="exact = fp32; fast = bf16/fp16 autocast; auto = fast if supported."
+        "auto", description="exact = fp32; fast = bf16/fp16; auto = fast where bf16 is supported."
+    )
+    long_piece: Literal["truncate", "windows"] = Field(
+        "truncate",
+        description="Pieces over max patches: keep the start (reference) or average windows.",
     )
     torch_threads: int | None = Field(None, description="Intra-op threads; unset = torch default.")
     files_per_parse_task: int = Field(64, ge=1)
-    pieces_per_encode_task: int = Field(256, ge=1)
+    pieces_per_encode_task: int = Field(1024, ge=1)
     patch_budget: int = Field(4096, ge=64, description="Patches per forward batch.")
     upsert_batch: int = Field(512, ge=1)
     max_file_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Larger files fail parse.")

@@ -36,7 +36,15 @@ def _store_key(settings: Settings) -> str:
 
 
 def _encoder_key(settings: Settings) -> str:
-    fields = ("model_dir", "tokenizer_dir", "device", "precision", "patch_budget", "data_dir")
+    fields = (
+        "model_dir",
+        "tokenizer_dir",
+        "device",
+        "precision",
+        "patch_budget",
+        "data_dir",
+        "long_piece",
+    )
     return repr([str(getattr(settings, f)) for f in fields])
 
 
@@ -93,6 +101,7 @@ class WorkerContext:
             "dim": str(manifest.dim),
             "max_patches": str(manifest.max_patches),
             "precision": self.encoder.precision,
+            "long_piece": self.encoder.long_piece,
         }
         store.create_collection(CollectionSpec(name=name, dim=manifest.dim, meta=meta))
         with session_scope(self.sessions) as session:
@@ -133,7 +142,11 @@ def load_encoder(settings: Settings) -> ClampEncoder:
         precision = "fast" if bf16_supported(device) else "exact"
     loaded = load_clamp(model_dir_of(settings), settings.tokenizer_dir, device=device)
     return ClampEncoder(
-        loaded, patch_budget=settings.patch_budget, precision=precision, device=device
+        loaded,
+        patch_budget=settings.patch_budget,
+        precision=precision,
+        device=device,
+        long_piece=settings.long_piece,
     )
 
 

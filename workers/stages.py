@@ -54,8 +54,9 @@ def parse_files(ctx: WorkerContext, job_id: int, file_ids: Sequence[int]) -> Par
     to_encode: list[str] = []
     removed: list[str] = []
     n_pieces = n_failures = 0
-    for file_id in file_ids:
-        with session_scope(ctx.sessions) as session:
+    # One transaction for the task's files: redelivery is harmless (pending files only).
+    with session_scope(ctx.sessions) as session:
+        for file_id in file_ids:
             source = session.get(SourceFile, file_id)
             if source is None or source.status != FileStatus.PENDING:
                 continue  # a redelivered task: already handled
@@ -186,7 +187,7 @@ def encode_pieces(
         if sha in vectors_by_sha or sha in patches or sha in failed_sha:
             continue  # identical music is encoded once
         try:
-            patches[sha] = encode_patches(piece.music_text, encoder.manifest.max_patches)
+            patches[sha] = encode_patches(piece.music_text, encoder.patch_limit)
         except Exception as exc:  # a piece that cannot be patched must not sink its batch
             failed_sha[sha] = exc
     if patches:

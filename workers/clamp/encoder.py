@@ -70,6 +70,7 @@ class ClampEncoder:
         text_cache_size: int = 1024,
         text_batch_size: int = 64,
         long_piece: LongPiece = "truncate",
+        max_windows: int = 32,
     ) -> None:
         if precision not in ("exact", "fast"):
             raise ValueError(f"precision must be 'exact' or 'fast', got {precision!r}")
@@ -84,6 +85,7 @@ class ClampEncoder:
         self.patch_budget = patch_budget
         self.precision: Precision = precision
         self.long_piece: LongPiece = long_piece
+        self.max_windows = max_windows
         # Fast bf16 music path: a bf16 copy of the music BERT, cast once, instead of
         # autocast re-casting activations around every op (~6% of the time in copies) and
         # keeping fp32 activations between them. The patch embedding, pooling and
@@ -154,6 +156,16 @@ class ClampEncoder:
         if self.long_piece == "truncate" or len(piece) <= limit:
             return [piece[:limit]]
         return [piece[start : start + limit] for start in range(0, len(piece), limit)]
+
+    @property
+    def patch_limit(self) -> int:
+        """How many patches of a piece callers should produce before encoding.
+
+        Truncation keeps max_patches (the reference); windows keep up to max_windows of
+        them, so a 20,000-bar file still costs bounded time and memory.
+        """
+        max_patches = self.loaded.manifest.max_patches
+        return max_patches if self.long_piece == "truncate" else max_patches * self.max_windows
 
     def encode_music(self, pieces: Sequence[np.ndarray]) -> np.ndarray:
         """`[n, 64]` class-id arrays -> `[N, D]` unit vectors, in input order.
