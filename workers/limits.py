@@ -24,11 +24,16 @@ def time_limit(seconds: float, what: str) -> Iterator[None]:
         yield
         return
 
+    message = (
+        f"{what} took longer than {seconds:g} s (CLAMP_INDEX_PARSE_TIMEOUT_S); "
+        "the file is probably pathological"
+    )
+    fired = False
+
     def on_alarm(_signum: int, _frame: FrameType | None) -> None:
-        raise ItemTimeoutError(
-            f"{what} took longer than {seconds:g} s (CLAMP_INDEX_PARSE_TIMEOUT_S); "
-            "the file is probably pathological"
-        )
+        nonlocal fired
+        fired = True
+        raise ItemTimeoutError(message)
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -37,3 +42,6 @@ def time_limit(seconds: float, what: str) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+    # The alarm can land inside a finalizer, which swallows the exception: still fail.
+    if fired:
+        raise ItemTimeoutError(message)

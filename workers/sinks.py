@@ -217,11 +217,13 @@ def upsert_pieces(
     if not rows:
         return [], gone
     already = _unchanged_indexed(session, rows)
-    for start in range(0, len(rows), 500):
-        chunk = rows[start : start + 500]
-        stmt = dialect_insert(session, Piece.__table__).values(chunk)
-        updatable = {c: stmt.excluded[c] for c in chunk[0] if c != "id"}
-        session.execute(stmt.on_conflict_do_update(index_elements=["id"], set_=updatable))
+    # One statement shape for every file, so SQLAlchemy compiles it once and executemany
+    # batches the rows (a per-call multi-VALUES insert was recompiled every time).
+    stmt = dialect_insert(session, Piece.__table__)
+    upsert = stmt.on_conflict_do_update(
+        index_elements=["id"], set_={c: stmt.excluded[c] for c in rows[0] if c != "id"}
+    )
+    session.execute(upsert, rows)
     if already:
         session.execute(
             update(Piece).where(Piece.id.in_(already)).values(status=PieceStatus.INDEXED)
