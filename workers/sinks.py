@@ -320,23 +320,25 @@ def fail_pending_files(
 def fail_unindexed_pieces(
     session: Session, job_id: int, piece_ids: Sequence[str], exc: BaseException
 ) -> None:
-    rows = session.execute(
-        select(Piece, SourceFile.uri)
-        .join(SourceFile, SourceFile.id == Piece.file_id)
-        .where(Piece.id.in_(list(piece_ids)), Piece.status == PieceStatus.PARSED)
-    ).all()
-    for piece, uri in rows:
-        record_failure(
-            session,
-            job_id=job_id,
-            file_id=piece.file_id,
-            piece_id=piece.id,
-            uri=uri,
-            stage="encode",
-            error_class=type(exc).__name__,
-            message=f"encode task failed: {exc}",
-        )
-        piece.status = PieceStatus.FAILED
+    for piece, uri in load_pieces(session, piece_ids):
+        fail_piece(session, job_id, piece, uri, exc, f"encode task failed: {exc}")
+
+
+def fail_piece(
+    session: Session, job_id: int, piece: Piece, uri: str, exc: BaseException, message: str
+) -> None:
+    """A piece that could not be encoded: a failures row, and the piece marked failed."""
+    record_failure(
+        session,
+        job_id=job_id,
+        file_id=piece.file_id,
+        piece_id=piece.id,
+        uri=uri,
+        stage="encode",
+        error_class=type(exc).__name__,
+        message=message,
+    )
+    mark_piece_failed(session, piece.id)
 
 
 def indexed_piece_rows(session: Session, collection: str) -> list[tuple[str, str, int, str | None]]:

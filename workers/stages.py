@@ -199,17 +199,7 @@ def encode_pieces(
         with session_scope(ctx.sessions) as session:
             for piece, uri in bad_rows:
                 exc = failed_sha[piece.content_sha256]
-                sinks.record_failure(
-                    session,
-                    job_id=job_id,
-                    file_id=piece.file_id,
-                    piece_id=piece.id,
-                    uri=uri,
-                    stage="encode",
-                    error_class=type(exc).__name__,
-                    message=str(exc),
-                )
-                sinks.mark_piece_failed(session, piece.id)
+                sinks.fail_piece(session, job_id, piece, uri, exc, str(exc))
     store = ctx.store
     step = ctx.settings.upsert_batch
     for start in range(0, len(ok_rows), step):
