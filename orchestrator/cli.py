@@ -156,7 +156,7 @@ def ingest(
     counts = jobs.job_counts(sessions, plan.job_id)
     assert counts is not None
     if as_json:
-        print(json.dumps({k: v for k, v in _counts_dict(counts).items()}))
+        print(json.dumps(_counts_dict(counts)))
     else:
         _print_counts(counts)
 

@@ -8,13 +8,16 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from schemas.db import Failure, Job, JobStatus
-from schemas.messages import DeletePointsMessage, EncodePiecesMessage, ParseFilesMessage
+from schemas.db import Failure, Job
+from schemas.messages import (
+    DeletePointsMessage,
+    Dispatcher,
+    ParseFilesMessage,
+)
 from schemas.settings import Settings
 from workers import sinks
 from workers.convert import SUPPORTED_SUFFIXES
@@ -22,12 +25,6 @@ from workers.database import session_scope
 
 HASH_CHUNK = 1 << 20
 SCAN_COMMIT_EVERY = 500
-
-
-class Dispatcher(Protocol):
-    def parse(self, msg: ParseFilesMessage) -> None: ...
-    def encode(self, msg: EncodePiecesMessage) -> None: ...
-    def delete(self, msg: DeletePointsMessage) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -194,7 +191,3 @@ def list_failures(
         if not include_resolved:
             stmt = stmt.where(Failure.resolved_at.is_(None))
         return list(session.scalars(stmt))
-
-
-def is_running(status: str) -> bool:
-    return status == JobStatus.RUNNING

@@ -12,11 +12,11 @@ import numpy as np
 
 from schemas.collection import point_id
 from workers import sinks
-from workers.abc import ParsedPiece, decode_abc_bytes, encode_patches, parse_abc_text
+from workers.abc import ParsedPiece, encode_patches, parse_abc_text
 from workers.database import session_scope
-from workers.runtime import ModelMismatchError, WorkerContext
+from workers.runtime import WorkerContext, check_same_model
 from workers.sinks import piece_id_for
-from workers.stages import read_source
+from workers.stages import read_as_abc, read_source
 
 
 class EmptyIndexError(LookupError):
@@ -92,14 +92,9 @@ class SearchService:
             raise EmptyIndexError(
                 f"nothing is indexed yet under alias {alias!r}: run `clamp-index ingest PATH` first"
             )
-        meta = self.ctx.store.collection_meta(name)
-        manifest = self.ctx.encoder.manifest
-        if meta.get("model_version") != manifest.version:
-            raise ModelMismatchError(
-                f"collection {name!r} was built with model {meta.get('model_name')!r} "
-                f"version {meta.get('model_version')!r}; the query encoder is {manifest.name!r} "
-                f"version {manifest.version!r}. Vectors of different models are not comparable."
-            )
+        check_same_model(
+            self.ctx.store.collection_meta(name), name, alias, self.ctx.encoder.manifest
+        )
         return name
 
     def search_text(
@@ -134,12 +129,7 @@ class SearchService:
     def similar_file(
         self, path: Path, k: int = 10, filters: Mapping[str, Any] | None = None, tune: int = 0
     ) -> list[SearchHit]:
-        try:
-            data = read_source(path, self.ctx.settings.max_file_bytes)
-            text, _ = decode_abc_bytes(data)
-        except (OSError, ValueError) as exc:
-            raise QueryInputError(f"{path}: {exc}") from exc
-        return self.similar_abc(text, k, filters, tune)
+        return self.similar_abc(self._read_abc(path), k, filters, tune)
 
     def classify_files(
         self, paths: Sequence[Path], labels: Sequence[str], template: str = "a {label}"
@@ -150,12 +140,8 @@ class SearchService:
         rows: list[tuple[str, str, int, str | None]] = []
         patches: list[np.ndarray] = []
         for path in paths:
-            try:
-                text, _ = decode_abc_bytes(read_source(path, self.ctx.settings.max_file_bytes))
-            except (OSError, ValueError) as exc:
-                raise QueryInputError(f"{path}: {exc}") from exc
             uri = str(path.absolute())
-            for piece in parse_abc_text(text):
+            for piece in parse_abc_text(self._read_abc(path)):
                 if isinstance(piece, ParsedPiece):
                     rows.append(
                         (piece_id_for(uri, piece.index), uri, piece.index, piece.header.title)
@@ -201,6 +187,15 @@ class SearchService:
             )
             for (pid, uri, index, title), p in zip(rows, probs, strict=True)
         ]
+
+    def _read_abc(self, path: Path) -> str:
+        """A query file as ABC, by the same rules (and converters) as ingest."""
+        limits = self.ctx.settings
+        try:
+            data = read_source(path, limits.max_file_bytes)
+            return read_as_abc(data, path.suffix, limits.parse_timeout_s)[0]
+        except (OSError, ValueError) as exc:  # decode, size and conversion errors alike
+            raise QueryInputError(f"{path}: {exc}") from exc
 
     def _query(
         self, collection: str, vector: Any, k: int, filters: Mapping[str, Any] | None

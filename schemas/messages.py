@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -34,3 +34,11 @@ class DeletePointsMessage(TaskMessage):
 
     v: Literal[1] = 1
     piece_ids: list[str] = Field(min_length=1)
+
+
+class Dispatcher(Protocol):
+    """Where producers send work: Celery queues, or the in-process runner (embedded mode)."""
+
+    def parse(self, msg: ParseFilesMessage) -> None: ...
+    def encode(self, msg: EncodePiecesMessage) -> None: ...
+    def delete(self, msg: DeletePointsMessage) -> None: ...

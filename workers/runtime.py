@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -16,7 +17,7 @@ from workers.database import session_factory, session_scope
 from workers.vectors import VectorStore, open_vector_store
 
 if TYPE_CHECKING:
-    from workers.clamp import ClampEncoder
+    from workers.clamp import ClampEncoder, ModelManifest
 
 
 class ModelMismatchError(RuntimeError):
@@ -83,15 +84,7 @@ class WorkerContext:
         alias = self.settings.collection_alias
         name = store.resolve_alias(alias)
         if name is not None:
-            meta = store.collection_meta(name)
-            if meta.get("model_version") != manifest.version:
-                raise ModelMismatchError(
-                    f"collection {name!r} (alias {alias!r}) holds vectors of model "
-                    f"{meta.get('model_name')!r} version {meta.get('model_version')!r}, but the "
-                    f"configured model is {manifest.name!r} version {manifest.version!r}. "
-                    "Point CLAMP_INDEX_MODEL_DIR at the original model, or use another "
-                    "CLAMP_INDEX_COLLECTION_ALIAS."
-                )
+            check_same_model(store.collection_meta(name), name, alias, manifest)
             return name
         name = f"{alias}--{manifest.name}-{manifest.version[:12]}"
         meta: dict[str, Any] = {
@@ -117,7 +110,19 @@ class WorkerContext:
         return name
 
 
-def model_dir_of(settings: Settings) -> Any:
+def check_same_model(meta: dict[str, str], name: str, alias: str, manifest: ModelManifest) -> None:
+    """Refuse to mix vectors of two models in one collection (or compare across them)."""
+    if meta.get("model_version") != manifest.version:
+        raise ModelMismatchError(
+            f"collection {name!r} (alias {alias!r}) holds vectors of model "
+            f"{meta.get('model_name')!r} version {meta.get('model_version')!r}, but the "
+            f"configured model is {manifest.name!r} version {manifest.version!r}; vectors of "
+            "different models are not comparable. Point CLAMP_INDEX_MODEL_DIR at the original "
+            "model, or use another CLAMP_INDEX_COLLECTION_ALIAS."
+        )
+
+
+def model_dir_of(settings: Settings) -> Path:
     model_dir = settings.model_dir or settings.default_model_dir
     if not model_dir.exists():
         raise ModelNotConfiguredError(

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
+from typing import Any
 
 from celery import Task
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from schemas.messages import DeletePointsMessage, EncodePiecesMessage, ParseFilesMessage
+from schemas.messages import (
+    DeletePointsMessage,
+    Dispatcher,
+    EncodePiecesMessage,
+    ParseFilesMessage,
+)
 from workers import sinks, stages
 from workers.celery_app import DELETE_TASK, ENCODE_TASK, PARSE_TASK, CeleryDispatcher, app
 from workers.database import session_scope
@@ -23,12 +28,6 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     TimeoutError,
 )
-
-
-class Dispatcher(Protocol):
-    def parse(self, msg: ParseFilesMessage) -> None: ...
-    def encode(self, msg: EncodePiecesMessage) -> None: ...
-    def delete(self, msg: DeletePointsMessage) -> None: ...
 
 
 def handle_parse(ctx: WorkerContext, msg: ParseFilesMessage, dispatcher: Dispatcher) -> None:
