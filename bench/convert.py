@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import random
 import statistics
 import sys
 import time
-import zipfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from bench.scores import TICKS_PER_QUARTER, midi_file, mxl_file
 from workers.convert import convert_to_abc, converter_versions
 
 _STEPS = ["C", "D", "E", "F", "G", "A", "B"]
@@ -49,41 +48,16 @@ def make_musicxml(rng: random.Random, bars: int) -> bytes:
     ).encode()
 
 
-def make_mxl(xml: bytes) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("score.xml", xml)
-    return buf.getvalue()
-
-
-def _vlq(n: int) -> bytes:
-    out = [n & 0x7F]
-    n >>= 7
-    while n:
-        out.append(0x80 | (n & 0x7F))
-        n >>= 7
-    return bytes(reversed(out))
-
-
 def make_midi(rng: random.Random, bars: int) -> bytes:
-    """A format-0 MIDI file in 4/4: quantized eighths and quarters, like a notation export."""
-    events = b"\x00\xff\x58\x04\x04\x02\x18\x08\x00\xff\x59\x02\x01\x00"
+    """4/4 bars of quantized eighths and quarters, like a notation program's export."""
+    notes: list[tuple[int, int]] = []
     for _ in range(bars):
         left = 8
         while left:
             dur = min(left, rng.choice([1, 2, 2]))
-            pitch = rng.randint(60, 84)
-            events += (
-                b"\x00\x90" + bytes([pitch, 80]) + _vlq(240 * dur) + b"\x80" + bytes([pitch, 0])
-            )
+            notes.append((rng.randint(60, 84), TICKS_PER_QUARTER // 2 * dur))
             left -= dur
-    events += b"\x00\xff\x2f\x00"
-    return (
-        b"MThd\x00\x00\x00\x06\x00\x00\x00\x01\x01\xe0"
-        + b"MTrk"
-        + len(events).to_bytes(4, "big")
-        + events
-    )
+    return midi_file(notes)
 
 
 def _run(files: list[tuple[bytes, str]], jobs: int, timeout_s: float) -> dict[str, Any]:
@@ -119,7 +93,7 @@ def run_bench(n: int, jobs: int, timeout_s: float, seed: int = 0) -> dict[str, A
     bars = [rng.randint(8, 64) for _ in range(n)]
     makers: dict[str, Callable[[int], tuple[bytes, str]]] = {
         "musicxml": lambda b: (make_musicxml(rng, b), ".musicxml"),
-        "mxl": lambda b: (make_mxl(make_musicxml(rng, b)), ".mxl"),
+        "mxl": lambda b: (mxl_file(make_musicxml(rng, b)), ".mxl"),
         "midi": lambda b: (make_midi(rng, b), ".mid"),
     }
     report: dict[str, Any] = {

@@ -1,4 +1,4 @@
-"""`clamp-index` command line: ingest, search, similar, status, failures, retry, worker."""
+"""`clamp-index` command line: ingest and retry, queries, status and failures, workers."""
 
 from __future__ import annotations
 
@@ -238,22 +238,28 @@ def _parse_filters(raw: list[str] | None) -> dict[str, Any] | None:
     return filters
 
 
+def _short_source(uri: str) -> str:
+    """The file and its folder: enough to tell collections apart in a narrow table."""
+    path = Path(uri)
+    return str(Path(path.parent.name) / path.name) if path.parent.name else path.name
+
+
 def _print_hits(hits: list[Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps([h.to_dict() for h in hits], ensure_ascii=False))
         return
-    table = Table("#", "score", "title", "key", "meter", "source", "tune")
-    table.add_column("piece_id", overflow="fold", min_width=32)
+    # piece_id stays in --json: the table is for reading, the ids for scripts.
+    table = Table("#", "score", "title", "rhythm", "key", "meter", "source", "tune")
     for h in hits:
         table.add_row(
             str(h.rank),
             f"{h.score:.4f}",
             h.title or "",
+            h.rhythm or "",
             h.key or "",
             h.meter or "",
-            os.path.basename(h.source),
+            _short_source(h.source),
             str(h.index_in_file),
-            h.piece_id,
         )
     out.print(table)
 
@@ -450,26 +456,40 @@ def worker(
     )
 
 
-@app.command("init-demo-model")
-def init_demo_model(
-    data_dir: DataDirOpt = None,
-    force: Annotated[
-        bool, typer.Option("--force", help="Overwrite an existing demo model.")
-    ] = False,
-) -> None:
-    """Write the demo model: randomly initialised CLaMP weights in the published format."""
-    from workers.clamp import write_random_checkpoint
+HEADLINE_METRICS = ("mrr", "hr@1", "hr@10", "accuracy")
+
+
+def _headline_metrics(metrics: dict[str, Any], prefix: str = "") -> list[tuple[str, float]]:
+    """Leaf figures worth a line (MRR, hit rates, accuracies), with dotted paths."""
+    rows: list[tuple[str, float]] = []
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            rows += _headline_metrics(value, f"{prefix}{key}.")
+        elif key in HEADLINE_METRICS and isinstance(value, int | float):
+            rows.append((f"{prefix}{key}", float(value)))
+    return rows
+
+
+@app.command("model")
+def model_info(data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
+    """The configured model: name, version, directory and its recorded quality."""
+    from workers.clamp.loading import describe_model
+    from workers.runtime import model_dir_of
 
     settings = _settings(data_dir)
-    target = settings.default_model_dir
-    if target.exists() and not force:
-        err.print(f"demo model already at {target}")
+    try:
+        info = describe_model(model_dir_of(settings))
+    except _user_errors() as exc:
+        raise _fail(str(exc)) from exc
+    if as_json:
+        print(json.dumps(info))
         return
-    write_random_checkpoint(target, name="demo-random", seed=0)
-    err.print(
-        f"wrote a randomly initialised demo model to {target} "
-        "(untrained: rankings are not meaningful until a trained model is configured)"
-    )
+    table = Table("field", "value", show_header=False)
+    for key in ("name", "version", "kind", "dim", "max_patches", "model_dir"):
+        table.add_row(key, str(info[key]))
+    for key, value in _headline_metrics(info["metrics"]):
+        table.add_row(key, f"{value:.3f}")
+    out.print(table)
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ import json
 import random
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -295,10 +295,9 @@ def record_from_piece(piece: ParsedPiece, collection: str, source: str) -> TuneR
     )
 
 
-def load_corpus(root: Path | None = None) -> list[TuneRecord]:
+def iter_corpus(root: Path | None = None) -> Iterator[tuple[ParsedPiece, TuneRecord]]:
     """Every readable tune of the corpus once, in file order (first copy of a duplicate)."""
     root = corpus_root() if root is None else root
-    records: list[TuneRecord] = []
     seen: set[str] = set()
     for path in abc_files(root):
         relative = path.relative_to(root)
@@ -310,8 +309,11 @@ def load_corpus(root: Path | None = None) -> list[TuneRecord]:
             if record.key_hash in seen:
                 continue
             seen.add(record.key_hash)
-            records.append(record)
-    return records
+            yield result, record
+
+
+def load_corpus(root: Path | None = None) -> list[TuneRecord]:
+    return [record for _, record in iter_corpus(root)]
 
 
 def split_of(key_hash: str) -> Split:

@@ -1,7 +1,9 @@
-"""Vector collection spec: distance, payload indexes, and the point-id rule."""
+"""Vector collection spec: distance, payload indexes, and the point-id and naming rules."""
 
 from __future__ import annotations
 
+import hashlib
+import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Literal
@@ -27,6 +29,18 @@ PAYLOAD_INDEXES: dict[str, PayloadType] = {
 def point_id(piece_id: str) -> str:
     """Deterministic point id, so re-upserting a piece overwrites instead of duplicating."""
     return str(uuid.uuid5(POINT_NAMESPACE, piece_id))
+
+
+def collection_name(alias: str, model_name: str, model_version: str) -> str:
+    """A store-safe collection name for one model's vectors behind an alias.
+
+    Versions such as "0.1.0+734a6ea8" hold characters stores refuse, and a readable prefix
+    alone could make two models collide, so the name ends in a hash of name and version.
+    """
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{model_name}-{model_version}")
+    label = re.sub(r"\.{2,}", ".", label).strip("-.")
+    digest = hashlib.sha256(f"{model_name}\0{model_version}".encode()).hexdigest()[:8]
+    return f"{alias[:48]}--{label[:64]}-{digest}"
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,15 @@ class Settings(BaseSettings):
         description="qdrant-client local mode directory (prototype/test stand-in for a server).",
     )
     collection_alias: str = Field("clamp-index", description="Alias queries go through.")
+    search_hnsw_ef: int = Field(
+        128, ge=1, description="HNSW beam per query: higher finds more true neighbours, slower."
+    )
+    search_exact: bool = Field(
+        False, description="Brute-force queries (exact top k): small collections, recall checks."
+    )
     model_dir: Path | None = Field(
-        None, description="CLaMP checkpoint directory; unset = the data dir's demo model."
+        None,
+        description="CLaMP checkpoint directory; unset = the shipped clamp-index-minilm-small.",
     )
     tokenizer_dir: Path | None = Field(
         None, description="Text tokenizer directory; unset = the model directory."
@@ -94,10 +101,6 @@ class Settings(BaseSettings):
     @property
     def vectors_dir(self) -> Path:
         return self.data_dir / "vectors"
-
-    @property
-    def default_model_dir(self) -> Path:
-        return self.data_dir / "models" / "demo"
 
 
 def load_settings(data_dir: Path | None = None) -> Settings:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import time
-import zipfile
 from pathlib import Path
 
 import pytest
 
 import workers.convert as convert
+from bench.scores import TICKS_PER_QUARTER, midi_file, mxl_file
 from workers.abc import ParsedPiece, parse_abc_text
 from workers.convert import (
     SUPPORTED_SUFFIXES,
@@ -25,42 +24,12 @@ TWO_BARS = (DATA / "two_bars.musicxml").read_bytes()  # 3/4, D major, 2 measures
 
 
 def make_mxl(xml: bytes, *, container: bool = True, name: str = "score/two_bars.xml") -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("mimetype", "application/vnd.recordare.musicxml")
-        if container:
-            zf.writestr(
-                "META-INF/container.xml",
-                '<?xml version="1.0" encoding="UTF-8"?><container><rootfiles>'
-                f'<rootfile full-path="{name}" '
-                'media-type="application/vnd.recordare.musicxml+xml"/>'
-                "</rootfiles></container>",
-            )
-        zf.writestr(name, xml)
-    return buf.getvalue()
-
-
-def _vlq(n: int) -> bytes:
-    out = [n & 0x7F]
-    n >>= 7
-    while n:
-        out.append(0x80 | (n & 0x7F))
-        n >>= 7
-    return bytes(reversed(out))
+    return mxl_file(xml, container=container, name=name)
 
 
 def make_midi(pitches: list[int], *, tracks: int = 1, meter: tuple[int, int] = (3, 4)) -> bytes:
-    """A format-1 Standard MIDI File: meter, G major, one quarter note per pitch."""
-    events = b"\x00\xff\x58\x04" + bytes([meter[0], meter[1].bit_length() - 1, 24, 8])
-    events += b"\x00\xff\x59\x02\x01\x00"  # key signature: one sharp, major
-    events += b"\x00\xff\x51\x03\x07\xa1\x20"  # 120 bpm
-    for pitch in pitches:
-        events += b"\x00\x90" + bytes([pitch, 80]) + _vlq(480) + b"\x80" + bytes([pitch, 0])
-    events += b"\x00\xff\x2f\x00"
-    track = b"MTrk" + len(events).to_bytes(4, "big") + events
-    header = b"MThd" + (6).to_bytes(4, "big") + (1).to_bytes(2, "big")
-    header += tracks.to_bytes(2, "big") + (480).to_bytes(2, "big")
-    return header + track * tracks
+    """One quarter note per pitch."""
+    return midi_file([(p, TICKS_PER_QUARTER) for p in pitches], tracks=tracks, meter=meter)
 
 
 G_MAJOR_TUNE = [67, 69, 71, 72, 74, 76, 78, 79, 74, 71, 67, 62]  # 4 bars of 3/4

@@ -159,13 +159,16 @@ def test_query_errors_are_clear(runner: CliRunner, tmp_path: Path) -> None:
 
 def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
     close_contexts()
-    env = {"CLAMP_INDEX_DATA_DIR": str(tmp_path / "s"), "CLAMP_INDEX_MODEL_DIR": ""}
+    env = {
+        "CLAMP_INDEX_DATA_DIR": str(tmp_path / "s"),
+        "CLAMP_INDEX_MODEL_DIR": str(tmp_path / "nowhere"),
+    }
     corpus = tmp_path / "c"
     corpus.mkdir()
     (corpus / "a.abc").write_text(JIG, encoding="utf-8")
     result = CliRunner(env=env).invoke(app, ["ingest", str(corpus)])
     assert result.exit_code == 1
-    assert "init-demo-model" in result.output
+    assert "no model at" in result.output and "unset it to use the shipped model" in result.output
     close_contexts()
 
 

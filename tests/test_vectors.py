@@ -13,12 +13,13 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.orm import sessionmaker
 
-from schemas.collection import CollectionSpec, point_id
+from schemas.collection import CollectionSpec, collection_name, point_id
 from schemas.db import Base
 from workers.vectors import (
     CollectionNotFoundError,
     EdgeVectorStore,
     QdrantServerStore,
+    SearchTuning,
     SqlAliasRegistry,
     StoreLockedError,
     VectorStore,
@@ -353,3 +354,49 @@ def test_sql_alias_registry_upserts(tmp_path: Path) -> None:
     assert registry.get("live") == "b"
     assert registry.get("other") == "a"
     engine.dispose()
+
+
+def test_search_tuning_reaches_the_hnsw_index(tmp_path: Path) -> None:
+    """Over an HNSW-indexed collection a narrow beam misses neighbours; exact never does."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'meta.db'}")
+    Base.metadata.create_all(engine)
+    registry = SqlAliasRegistry(sessionmaker(engine))
+    dim, n = 1024, 3000  # 12 MB of vectors: over the engine's 10 MB full-scan threshold
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    ids = [point_id(f"p{i}") for i in range(n)]
+    with EdgeVectorStore(tmp_path / "v", registry) as store:
+        store.create_collection(CollectionSpec("c", dim))
+        store.upsert("c", ids, vectors, [{"i": i} for i in range(n)])
+        store.optimize("c")
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = rng.standard_normal((20, dim)).astype(np.float32)
+
+    def recall(tuning: SearchTuning) -> float:
+        with EdgeVectorStore(tmp_path / "v", registry, tuning) as store:
+            found = 0
+            for q in queries:
+                truth = {ids[i] for i in np.argsort(-(unit @ _unit(q)))[:10]}
+                found += len(truth & {h.point_id for h in store.query("c", q, 10)})
+        return found / (10 * len(queries))
+
+    assert recall(SearchTuning(exact=True)) == 1.0
+    assert recall(SearchTuning(hnsw_ef=10)) < recall(SearchTuning(hnsw_ef=2000))
+    engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("name", "version"),
+    [
+        ("clamp-index-minilm-small", "0.1.0+734a6ea82a03"),
+        ("CLaMP S/512", "v1 (2023)"),
+        ("m", ""),
+        ("..", "1..2"),
+    ],
+)
+def test_collection_names_are_store_safe_and_distinct(name: str, version: str) -> None:
+    from workers.vectors.base import check_name
+
+    made = collection_name("clamp-index", name, version)
+    assert check_name(made) == made
+    assert made != collection_name("clamp-index", name, version + "1")

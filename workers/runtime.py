@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from schemas.collection import CollectionSpec
+from schemas.collection import CollectionSpec, collection_name
 from schemas.settings import Settings
 from workers import sinks
 from workers.database import session_factory, session_scope
@@ -86,7 +86,7 @@ class WorkerContext:
         if name is not None:
             check_same_model(store.collection_meta(name), name, alias, manifest)
             return name
-        name = f"{alias}--{manifest.name}-{manifest.version[:12]}"
+        name = collection_name(alias, manifest.name, manifest.version)
         meta: dict[str, Any] = {
             "model_name": manifest.name,
             "model_version": manifest.version,
@@ -123,13 +123,17 @@ def check_same_model(meta: dict[str, str], name: str, alias: str, manifest: Mode
 
 
 def model_dir_of(settings: Settings) -> Path:
-    model_dir = settings.model_dir or settings.default_model_dir
-    if not model_dir.exists():
+    """The configured checkpoint directory; unset means the model shipped in the package."""
+    if settings.model_dir is None:
+        from workers.clamp.pretrained import pretrained_dir
+
+        return pretrained_dir()
+    if not settings.model_dir.exists():
         raise ModelNotConfiguredError(
-            f"no model at {model_dir}: set CLAMP_INDEX_MODEL_DIR to a CLaMP checkpoint "
-            "directory, or run `clamp-index init-demo-model` to write the demo model there"
+            f"no model at {settings.model_dir}: CLAMP_INDEX_MODEL_DIR must name a CLaMP "
+            "checkpoint directory (config.json + weights); unset it to use the shipped model"
         )
-    return model_dir
+    return settings.model_dir
 
 
 def load_encoder(settings: Settings) -> ClampEncoder:

