@@ -463,6 +463,8 @@ def _headline_metrics(metrics: dict[str, Any], prefix: str = "") -> list[tuple[s
     """Leaf figures worth a line (MRR, hit rates, accuracies), with dotted paths."""
     rows: list[tuple[str, float]] = []
     for key, value in metrics.items():
+        if "random" in key:  # baselines belong in the model card, not the summary
+            continue
         if isinstance(value, dict):
             rows += _headline_metrics(value, f"{prefix}{key}.")
         elif key in HEADLINE_METRICS and isinstance(value, int | float):
