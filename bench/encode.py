@@ -151,10 +151,39 @@ def run(
         "rounds": len(chunks),
         "patches": real,
         "device": device,
+        "cpu": cpu_summary(),
         "torch_threads": torch.get_num_threads(),
         "loadavg_1m": round(os.getloadavg()[0], 2),
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }
+
+
+def cpu_summary() -> str:
+    """CPU model and its bf16 units: speedups differ a lot between AMX and AVX512-BF16 parts."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    name = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in info.splitlines()
+            if line.startswith("model name")
+        ),
+        "unknown",
+    )
+    flags = set(
+        next(
+            (
+                line.split(":", 1)[1].split()
+                for line in info.splitlines()
+                if line.startswith("flags")
+            ),
+            [],
+        )
+    )
+    units = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
+    return f"{name} ({', '.join(units) or 'no bf16 units'})"
 
 
 def main() -> None:

@@ -141,26 +141,42 @@ def record_failure(
     )
 
 
-def resolve_failures(session: Session, *, file_id: int, stage: str | None = None) -> None:
-    """A file that now gets further than before closes its older failures."""
-    stmt = update(Failure).where(Failure.file_id == file_id, Failure.resolved_at.is_(None))
+def resolve_failures(
+    session: Session, *, file_ids: Sequence[int], stage: str | None = None
+) -> None:
+    """Files that now get further than before close their older failures."""
+    if not file_ids:
+        return
+    stmt = update(Failure).where(Failure.file_id.in_(list(file_ids)), Failure.resolved_at.is_(None))
     if stage is not None:
         stmt = stmt.where(Failure.stage == stage)
     session.execute(stmt.values(resolved_at=utcnow()))
 
 
-def mark_file(
-    session: Session,
-    file_id: int,
-    *,
-    status: str,
-    encoding: str | None = None,
-    piece_count: int = 0,
-) -> None:
-    values: dict[str, Any] = {"status": status, "piece_count": piece_count}
-    if encoding is not None:
-        values["encoding"] = encoding
-    session.execute(update(SourceFile).where(SourceFile.id == file_id).values(**values))
+@dataclass(frozen=True)
+class FileMark:
+    """A file's outcome after parsing; written for a whole task in one statement."""
+
+    file_id: int
+    status: str
+    encoding: str | None = None
+    piece_count: int = 0
+
+
+def mark_files(session: Session, marks: Sequence[FileMark]) -> None:
+    rows: list[dict[str, Any]] = []
+    for mark in marks:
+        row: dict[str, Any] = {
+            "id": mark.file_id,
+            "status": mark.status,
+            "piece_count": mark.piece_count,
+        }
+        if mark.encoding is not None:
+            row["encoding"] = mark.encoding
+        rows.append(row)
+    if rows:
+        # ORM bulk UPDATE by primary key: executemany, grouped by the keys each row sets.
+        session.execute(update(SourceFile), rows)
 
 
 def upsert_pieces(

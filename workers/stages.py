@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy import select
 
 from schemas.collection import point_id
 from schemas.db import FileStatus, Piece, SourceFile
@@ -55,13 +56,17 @@ def parse_files(ctx: WorkerContext, job_id: int, file_ids: Sequence[int]) -> Par
     removed: list[str] = []
     n_pieces = n_failures = 0
     # One transaction for the task's files: redelivery is harmless (pending files only).
+    marks: list[sinks.FileMark] = []
     with session_scope(ctx.sessions) as session:
-        for file_id in file_ids:
-            source = session.get(SourceFile, file_id)
-            if source is None or source.status != FileStatus.PENDING:
-                continue  # a redelivered task: already handled
-            # Earlier failures of this file are superseded by what this attempt finds.
-            sinks.resolve_failures(session, file_id=file_id)
+        found = session.scalars(select(SourceFile).where(SourceFile.id.in_(list(file_ids))))
+        # A redelivered task finds its files handled already: only pending ones count.
+        sources = [s for s in found if s.status == FileStatus.PENDING]
+        order = {file_id: i for i, file_id in enumerate(file_ids)}
+        sources.sort(key=lambda s: order[s.id])
+        # Earlier failures of these files are superseded by what this attempt finds.
+        sinks.resolve_failures(session, file_ids=[s.id for s in sources])
+        for source in sources:
+            file_id = source.id
             try:
                 with time_limit(ctx.settings.parse_timeout_s, "reading and parsing this file"):
                     data = read_source(Path(source.uri), ctx.settings.max_file_bytes)
@@ -85,7 +90,7 @@ def parse_files(ctx: WorkerContext, job_id: int, file_ids: Sequence[int]) -> Par
                     error_class=type(exc).__name__,
                     message=_describe(exc),
                 )
-                sinks.mark_file(session, file_id, status=FileStatus.FAILED)
+                marks.append(sinks.FileMark(file_id, FileStatus.FAILED))
                 n_failures += 1
                 continue
             good = [r for r in results if isinstance(r, ParsedPiece)]
@@ -105,14 +110,16 @@ def parse_files(ctx: WorkerContext, job_id: int, file_ids: Sequence[int]) -> Par
             )
             to_encode += new_ids
             removed += gone
-            sinks.mark_file(
-                session,
-                file_id,
-                status=FileStatus.PARSED if good else FileStatus.FAILED,
-                encoding=encoding,
-                piece_count=len(good),
+            marks.append(
+                sinks.FileMark(
+                    file_id,
+                    FileStatus.PARSED if good else FileStatus.FAILED,
+                    encoding=encoding,
+                    piece_count=len(good),
+                )
             )
             n_pieces += len(good)
+        sinks.mark_files(session, marks)
     return ParseOutcome(to_encode=to_encode, removed=removed, pieces=n_pieces, failures=n_failures)
 
 
