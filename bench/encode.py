@@ -54,14 +54,11 @@ def clamp_s_checkpoint(out_dir: Path) -> Path:
 
 def wikimt_patches(max_patches: int, limit: int | None = None) -> list[np.ndarray]:
     """Each WikiMT tune as the encoder sees it: parsed, filtered, cut into bar patches."""
-    from bench.wikimt import entry_to_abc, load_entries
-    from workers.abc import ParsedPiece, encode_patches, parse_abc_text
+    from bench.wikimt import first_tunes, load_entries
+    from workers.abc import encode_patches
 
-    pieces = []
-    for entry in load_entries()[:limit]:
-        parsed = [p for p in parse_abc_text(entry_to_abc(entry)) if isinstance(p, ParsedPiece)]
-        pieces.append(encode_patches(parsed[0].music_text, max_patches))
-    return pieces
+    tunes = first_tunes(load_entries()[:limit])
+    return [encode_patches(piece.music_text, max_patches) for _, piece in tunes]
 
 
 def padded_patches(lengths: list[int], budget: int) -> int:
@@ -158,6 +155,15 @@ def run(
     }
 
 
+def print_report(report: dict[str, Any], as_json: bool) -> None:
+    """One JSON line for scripts, or aligned `key: value` lines for people."""
+    if as_json:
+        print(json.dumps(report))
+        return
+    for key, value in report.items():
+        print(f"{key:>24}: {value}")
+
+
 def cpu_summary() -> str:
     """CPU model and its bf16 units: speedups differ a lot between AMX and AVX512-BF16 parts."""
     try:
@@ -209,11 +215,7 @@ def main() -> None:
         report = run(
             model_dir, limit=args.limit, budget=budget, device=args.device, rounds=args.rounds
         )
-    if args.json:
-        print(json.dumps(report))
-    else:
-        for key, value in report.items():
-            print(f"{key:>24}: {value}")
+    print_report(report, args.json)
 
 
 if __name__ == "__main__":

@@ -42,18 +42,15 @@ def random_retrieval(n: int, dim: int) -> dict[str, float]:
 
 
 def wikimt_eval(encoder: Any, limit: int | None = None) -> dict[str, Any]:
-    from bench.wikimt import entry_to_abc, load_entries
+    from bench.wikimt import first_tunes, load_entries
     from orchestrator.training import retrieval_metrics, zero_shot
-    from workers.abc import ParsedPiece, encode_patches, parse_abc_text
+    from workers.abc import encode_patches
 
-    entries = load_entries()[:limit]
-    pieces, kept = [], []
-    for entry in entries:
-        parsed = [p for p in parse_abc_text(entry_to_abc(entry)) if isinstance(p, ParsedPiece)]
-        if parsed:
-            pieces.append(encode_patches(parsed[0].music_text, encoder.max_patches))
-            kept.append(entry)
-    music = encoder.encode_music(pieces)
+    tunes = first_tunes(load_entries()[:limit])
+    kept = [entry for entry, _ in tunes]
+    music = encoder.encode_music(
+        [encode_patches(p.music_text, encoder.max_patches) for _, p in tunes]
+    )
     descriptions = encoder.encode_texts([e["text"] for e in kept])
     genres = [e["genre"] for e in kept]
     classes = sorted(set(genres))

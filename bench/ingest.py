@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
-import json
 import os
 import pstats
 import sys
@@ -29,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.encode import clamp_s_checkpoint, peak_rss_mb  # noqa: E402
+from bench.encode import clamp_s_checkpoint, peak_rss_mb, print_report  # noqa: E402
 from bench.wikimt import write_abc_files  # noqa: E402
 
 
@@ -180,11 +179,7 @@ def main() -> None:
         out = io.StringIO()
         pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(30)
         print(out.getvalue(), file=sys.stderr)
-    if args.json:
-        print(json.dumps(report))
-    else:
-        for key, value in report.items():
-            print(f"{key:>24}: {value}")
+    print_report(report, args.json)
 
 
 if __name__ == "__main__":

@@ -31,17 +31,14 @@ BEAMS = (16, 32, 64, 128, 256, 512)
 
 def catalog_vectors(encoder: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(catalog music vectors, held-out text queries, held-out music queries)."""
-    from bench.wikimt import entry_to_abc, load_entries
+    from bench.wikimt import first_tunes, load_entries
     from orchestrator.training_data import full_text, load_corpus, split_records
-    from workers.abc import ParsedPiece, encode_patches, parse_abc_text
+    from workers.abc import encode_patches
 
     records = load_corpus()
     _, heldout = split_records(records)
     texts = [r.music_text for r in records]
-    for entry in load_entries():
-        texts += [
-            p.music_text for p in parse_abc_text(entry_to_abc(entry)) if isinstance(p, ParsedPiece)
-        ]
+    texts += [piece.music_text for _, piece in first_tunes(load_entries())]
     music = encoder.encode_music([encode_patches(t, encoder.max_patches) for t in texts])
     sample = heldout[:: max(1, len(heldout) // 500)][:500]
     text_queries = encoder.encode_texts([full_text(r) for r in sample])

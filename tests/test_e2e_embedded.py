@@ -10,8 +10,7 @@ from sqlalchemy import func, select
 
 from orchestrator.search import SearchService
 from schemas.db import Piece, PieceStatus
-from schemas.settings import Settings
-from tests.conftest import run_cli, wikimt_entries
+from tests.conftest import run_cli, settings_from_env, wikimt_entries
 from workers.abc import ParsedPiece, parse_abc_text
 from workers.database import session_scope
 from workers.runtime import close_contexts, get_context
@@ -30,10 +29,7 @@ def test_wikimt_ingest_counts_and_self_retrieval(
     assert summary["indexed"] == n and summary["failed"] == 0
 
     close_contexts()
-    settings = Settings(
-        data_dir=Path(embedded_env["CLAMP_INDEX_DATA_DIR"]),
-        model_dir=Path(embedded_env["CLAMP_INDEX_MODEL_DIR"]),
-    )
+    settings = settings_from_env(embedded_env)
     ctx = get_context(settings)
     try:
         collection = ctx.store.resolve_alias(settings.collection_alias)

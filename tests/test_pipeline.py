@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from orchestrator.cli import app
 from orchestrator.search import SearchService
-from schemas.settings import Settings
+from tests.conftest import settings_from_env
 from workers.runtime import close_contexts, get_context
 
 JIG = """X:1
@@ -58,9 +58,7 @@ def invoke_json(runner: CliRunner, *args: str) -> object:
 
 
 def point_count(env: dict[str, str]) -> int:
-    settings = Settings(
-        data_dir=Path(env["CLAMP_INDEX_DATA_DIR"]), model_dir=Path(env["CLAMP_INDEX_MODEL_DIR"])
-    )
+    settings = settings_from_env(env)
     ctx = get_context(settings)
     name = ctx.store.resolve_alias(settings.collection_alias)
     assert name is not None
@@ -178,10 +176,7 @@ def test_identical_music_is_encoded_once(embedded_env: dict[str, str], tmp_path:
     from workers import stages
 
     close_contexts()
-    settings = Settings(
-        data_dir=Path(embedded_env["CLAMP_INDEX_DATA_DIR"]),
-        model_dir=Path(embedded_env["CLAMP_INDEX_MODEL_DIR"]),
-    )
+    settings = settings_from_env(embedded_env)
     ctx = get_context(settings)
     try:
         first, second = tmp_path / "a", tmp_path / "b"

@@ -261,7 +261,8 @@ def load_clamp(
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"cannot build the model of {model_dir}: {exc}") from exc
     state = read_state_dict(weights)
-    text_ref = _manifest_data(model_dir).get("text_weights")
+    manifest_data = _manifest_data(model_dir)
+    text_ref = manifest_data.get("text_weights")
     if text_ref:
         if any(k.startswith("text_enc.") for k in state):
             raise CheckpointError(
@@ -269,9 +270,7 @@ def load_clamp(
                 f"{text_ref!r}; keep one source of the text tower"
             )
         state.update(
-            package_text_state(
-                model_dir, text_ref, _manifest_data(model_dir).get("text_weights_sha256")
-            )
+            package_text_state(model_dir, text_ref, manifest_data.get("text_weights_sha256"))
         )
     # fp16/bf16 files need no special case: load_state_dict copies into the fp32 parameters.
     load_state_dict_strict(model, state, model_dir)

@@ -74,7 +74,11 @@ class ClampModel(nn.Module):
         """`[B, L, 64]` class ids and `[B, L]` mask -> unnormalised `[B, D]` vectors."""
         return self.music_proj(self.music_enc(patch_ids, patch_mask))
 
+    def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Token ids and mask -> the text encoder's mean-pooled `[B, H]`, before projection."""
+        out = self.text_enc(input_ids=input_ids, attention_mask=attention_mask)
+        return masked_mean(out.last_hidden_state, attention_mask)
+
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Token ids and mask -> unnormalised `[B, D]` vectors."""
-        out = self.text_enc(input_ids=input_ids, attention_mask=attention_mask)
-        return self.text_proj(masked_mean(out.last_hidden_state, attention_mask))
+        return self.text_proj(self.text_features(input_ids, attention_mask))
