@@ -209,7 +209,9 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    budget = args.budget or Settings().patch_budget
+    from workers.runtime import default_patch_budget
+
+    budget = args.budget or Settings().patch_budget or default_patch_budget(args.device)
     with tempfile.TemporaryDirectory(prefix="bench-encode-") as tmp:
         model_dir = args.model_dir or clamp_s_checkpoint(Path(tmp) / "clamp-s")
         report = run(

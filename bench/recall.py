@@ -66,9 +66,10 @@ def main() -> None:
 
     from schemas.collection import CollectionSpec, point_id
     from schemas.db import Base
+    from workers.aliases import SqlAliasRegistry
     from workers.clamp import ClampEncoder, load_clamp
     from workers.clamp.pretrained import pretrained_dir
-    from workers.vectors import EdgeVectorStore, SearchTuning, SqlAliasRegistry
+    from workers.vectors import EdgeVectorStore, SearchTuning
 
     encoder = ClampEncoder(load_clamp(args.model or pretrained_dir()))
     start = time.perf_counter()

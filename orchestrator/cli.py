@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import shlex
+import signal
 import sys
-import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,7 +27,8 @@ from rich.table import Table
 
 from orchestrator import jobs
 from schemas.settings import Settings, load_settings
-from workers.database import session_factory
+from workers.database import require_existing, session_factory
+from workers.errors import UserError
 from workers.sinks import JobCounts
 
 app = typer.Typer(
@@ -49,39 +54,22 @@ FilterOpt = Annotated[
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}")
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from orchestrator.search import EmptyIndexError, QueryInputError
-    from workers.runtime import ModelMismatchError, ModelNotConfiguredError
-    from workers.vectors import StoreLockedError, VectorStoreError
-
-    errors: list[type[BaseException]] = [
-        ModelMismatchError,
-        ModelNotConfiguredError,
-        StoreLockedError,
-        VectorStoreError,
-        EmptyIndexError,
-        QueryInputError,
-    ]
-    try:
-        from workers.clamp import CheckpointError
-
-        errors.append(CheckpointError)
-    except ImportError:  # pragma: no cover - torch missing
-        pass
-    return tuple(errors)
-
-
-def _settings(data_dir: Path | None) -> Settings:
+def _settings(data_dir: Path | None, *, writes: bool = False) -> Settings:
+    """Settings for a command; only commands that write may create the data dir."""
     settings = load_settings(data_dir)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if writes:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        require_existing(settings.resolved_database_url())
     return settings
 
 
 def _counts_dict(c: JobCounts) -> dict[str, Any]:
+    rate, eta = c.rate_and_eta()
     return {
         "job_id": c.job_id,
         "kind": c.kind,
@@ -91,10 +79,16 @@ def _counts_dict(c: JobCounts) -> dict[str, Any]:
         "indexed": c.indexed,
         "failed": c.failed,
         "skipped": c.skipped,
+        "encoded": c.encoded,
+        "reused": c.reused,
+        "removed": c.removed,
         "files_pending": c.files_pending,
         "pieces_pending": c.pieces_pending,
         "created_at": c.created_at.isoformat(),
         "finished_at": c.finished_at.isoformat() if c.finished_at else None,
+        "pieces_per_s": round(rate, 2),
+        "eta_s": round(eta, 1) if eta is not None else None,
+        "stages": c.stages,
     }
 
 
@@ -105,6 +99,9 @@ def _print_counts(c: JobCounts) -> None:
         ("files unchanged (skipped)", c.skipped),
         ("pieces", c.pieces),
         ("indexed", c.indexed),
+        ("  vectors computed", c.encoded),
+        ("  reused (same music)", c.reused),
+        ("removed (deleted tunes)", c.removed),
         ("pending", c.files_pending + c.pieces_pending),
         ("failures", c.failed),
     ]:
@@ -138,71 +135,81 @@ def ingest(
     ] = None,
 ) -> None:
     """Scan PATHS, parse and encode new or changed files, and write their vectors."""
-    settings = _settings(data_dir)
-    sessions = session_factory(settings.resolved_database_url())
-    show = not as_json and err.is_terminal
-    try:
-        plan = jobs.plan_ingest(sessions, settings, paths)
-        if settings.embedded_queue:
-            _run_embedded(settings, plan, show)
-        else:
-            from workers.celery_app import CeleryDispatcher, make_celery
+    resume = " ".join(["clamp-index ingest", *(shlex.quote(str(p)) for p in paths)])
+    _run_ingest(paths, data_dir, as_json, wait, resume, reparse=False)
 
-            jobs.dispatch_plan(plan, settings, CeleryDispatcher(make_celery(settings)))
-            if wait:
-                _wait_for(sessions, plan.job_id, show)
-    except _user_errors() as exc:
-        raise _fail(str(exc)) from exc
-    counts = jobs.job_counts(sessions, plan.job_id)
-    assert counts is not None
+
+def _run_ingest(
+    paths: list[Path],
+    data_dir: Path | None,
+    as_json: bool,
+    wait: bool | None,
+    resume: str,
+    reparse: bool,
+) -> None:
+    settings = load_settings(data_dir)
+    if data_dir is not None:
+        resume += f" --data-dir {shlex.quote(str(data_dir))}"
+    show = not as_json and err.is_terminal
+    with _progress(show) as progress, _sigterm_interrupts():
+        counts = jobs.ingest(
+            settings,
+            paths,
+            wait=bool(wait),
+            on_progress=_JobBars(progress).update,
+            resume=resume,
+            reparse=reparse,
+        )
+    _report(counts, as_json)
+
+
+class _JobBars:
+    """Two progress bars, parse and encode, drawn from the ledger's counts."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.parse = progress.add_task("parse files", total=None)
+        self.encode = progress.add_task("encode pieces", total=None)
+
+    def update(self, c: JobCounts) -> None:
+        def label(stage: str, kind: str) -> str:
+            in_flight = c.stages.get(kind, {}).get("leased", 0)
+            return f"{stage} ({in_flight} in flight)" if in_flight else stage
+
+        self.progress.update(
+            self.parse,
+            completed=c.files - c.files_pending,
+            total=c.files,
+            description=label("parse files", "parse"),
+        )
+        self.progress.update(
+            self.encode,
+            completed=c.pieces - c.pieces_pending,
+            total=max(c.pieces, 1),
+            description=label("encode pieces", "encode"),
+        )
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM stops an embedded run the way Ctrl-C does: batch handed back, job resumable."""
+    from workers.runner import Interrupted
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise Interrupted()
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _report(counts: JobCounts, as_json: bool) -> None:
     if as_json:
         print(json.dumps(_counts_dict(counts)))
     else:
         _print_counts(counts)
-
-
-def _run_embedded(settings: Settings, plan: jobs.IngestPlan, show: bool) -> None:
-    from schemas.messages import EncodePiecesMessage, ParseFilesMessage
-    from workers.inprocess import InProcessDispatcher
-    from workers.runtime import get_context
-
-    ctx = get_context(settings)
-    with _progress(show) as progress:
-        files_bar = progress.add_task("parse files", total=len(plan.file_ids))
-        pieces_bar = progress.add_task("encode pieces", total=0)
-
-        def on_done(msg: object) -> None:
-            if isinstance(msg, ParseFilesMessage):
-                progress.advance(files_bar, len(msg.file_ids))
-            elif isinstance(msg, EncodePiecesMessage):
-                progress.advance(pieces_bar, len(msg.piece_ids))
-
-        dispatcher = InProcessDispatcher(ctx, on_done)
-        original_encode = dispatcher.encode
-
-        def count_encode(msg: EncodePiecesMessage) -> None:
-            task = progress.tasks[pieces_bar]
-            progress.update(pieces_bar, total=(task.total or 0) + len(msg.piece_ids))
-            original_encode(msg)
-
-        dispatcher.encode = count_encode  # type: ignore[method-assign]
-        jobs.dispatch_plan(plan, settings, dispatcher)
-        dispatcher.drain()
-
-
-def _wait_for(sessions: Any, job_id: int, show: bool, poll_s: float = 1.0) -> JobCounts:
-    with _progress(show) as progress:
-        bar = progress.add_task(f"job {job_id}", total=None)
-        while True:
-            counts = jobs.job_counts(sessions, job_id)
-            assert counts is not None
-            done = counts.indexed + counts.failed
-            progress.update(
-                bar, completed=done, total=max(done, counts.pieces + counts.files_pending)
-            )
-            if counts.finished:
-                return counts
-            time.sleep(poll_s)
 
 
 @app.command()
@@ -219,11 +226,9 @@ def status(
     if counts is None:
         raise _fail("no job has run yet: start one with `clamp-index ingest PATH`")
     if watch:
-        counts = _wait_for(sessions, counts.job_id, not as_json)
-    if as_json:
-        print(json.dumps(_counts_dict(counts)))
-    else:
-        _print_counts(counts)
+        with _progress(not as_json and err.is_terminal) as progress:
+            counts = jobs.wait_for(sessions, counts.job_id, _JobBars(progress).update)
+    _report(counts, as_json)
 
 
 def _parse_filters(raw: list[str] | None) -> dict[str, Any] | None:
@@ -277,10 +282,7 @@ def search(
     from workers.runtime import get_context
 
     settings = _settings(data_dir)
-    try:
-        hits = SearchService(get_context(settings)).search_text(text, k, _parse_filters(filters))
-    except _user_errors() as exc:
-        raise _fail(str(exc)) from exc
+    hits = SearchService(get_context(settings)).search_text(text, k, _parse_filters(filters))
     _print_hits(hits, as_json)
 
 
@@ -298,12 +300,7 @@ def similar(
     from workers.runtime import get_context
 
     settings = _settings(data_dir)
-    try:
-        hits = SearchService(get_context(settings)).similar_file(
-            file, k, _parse_filters(filters), tune
-        )
-    except _user_errors() as exc:
-        raise _fail(str(exc)) from exc
+    hits = SearchService(get_context(settings)).similar_file(file, k, _parse_filters(filters), tune)
     _print_hits(hits, as_json)
 
 
@@ -321,21 +318,20 @@ def classify(
     as_json: JsonOpt = False,
 ) -> None:
     """Zero-shot classification: the label whose prompt is closest to each tune."""
-    from orchestrator.search import SearchService
+    from orchestrator.search import SearchService, label_prompts
     from workers.runtime import get_context
 
     if bool(paths) == indexed:
         raise _fail("give either PATH... or --indexed", 2)
-    settings = _settings(data_dir)
     label_list = labels.split(",")
-    try:
-        service = SearchService(get_context(settings))
-        if indexed:
-            results = list(service.classify_indexed(label_list, template))
-        else:
-            results = service.classify_files(paths or [], label_list, template)
-    except _user_errors() as exc:
-        raise _fail(str(exc)) from exc
+    label_prompts(label_list, template)  # bad labels are bad arguments (exit 2), checked first
+    # Labelling files needs only the model; labelling the index needs the index.
+    settings = _settings(data_dir) if indexed else load_settings(data_dir)
+    service = SearchService(get_context(settings))
+    if indexed:
+        results = list(service.classify_indexed(label_list, template))
+    else:
+        results = service.classify_files(paths or [], label_list, template)
     if as_json:
         print(json.dumps([r.to_dict() for r in results], ensure_ascii=False))
         return
@@ -400,15 +396,17 @@ def retry(
 ) -> None:
     """Re-run the files behind unresolved failures (after fixing them)."""
     settings = _settings(data_dir)
-    sessions = session_factory(settings.resolved_database_url())
-    uris = sorted({f.uri for f in jobs.list_failures(sessions)})
-    if not uris:
+    present, gone = jobs.retry_targets(session_factory(settings.resolved_database_url()))
+    for path in gone:
+        err.print(f"skipped (no longer exists): {path}", highlight=False, soft_wrap=True)
+    if not present:
         if as_json:
             print(json.dumps({"job_id": None, "files": 0}))
         else:
             out.print("nothing to retry")
         return
-    ingest([Path(u) for u in uris], data_dir, as_json, wait)
+    # Unchanged files are parsed again: a limit or the code may have changed since.
+    _run_ingest(present, data_dir, as_json, wait, "clamp-index retry", reparse=True)
 
 
 @app.command()
@@ -427,23 +425,20 @@ def worker(
     loglevel: Annotated[str, typer.Option()] = "INFO",
 ) -> None:
     """Start a Celery worker (distributed mode: CLAMP_INDEX_BROKER_URL must be set)."""
-    if data_dir is not None:
-        # The worker's task code reads settings from the environment.
-        os.environ["CLAMP_INDEX_DATA_DIR"] = str(data_dir)
-    settings = _settings(data_dir)
+    settings = _settings(data_dir, writes=True)
     if settings.embedded_queue:
         raise _fail("CLAMP_INDEX_BROKER_URL is not set: a worker needs a broker (redis://...)", 2)
-    import workers.tasks  # noqa: F401  (registers the tasks)
-    from workers.celery_app import app as celery_app
+    from workers.celery_app import check_broker
     from workers.runtime import get_context
+    from workers.tasks import create_worker_app
 
+    check_broker(settings)
+    # Migrate and connect before consuming: a wrong database fails here, once.
+    session_factory(settings.resolved_database_url())
     if "encode" in queues.split(","):
-        try:
-            # Load once before consuming: a missing model fails here, not on every task.
-            get_context().encoder  # noqa: B018
-        except _user_errors() as exc:
-            raise _fail(str(exc)) from exc
-    celery_app.worker_main(
+        # Load once before consuming: a missing model fails here, not on every task.
+        get_context(settings).encoder  # noqa: B018
+    create_worker_app(settings).worker_main(
         [
             "worker",
             f"--queues={queues}",
@@ -478,11 +473,7 @@ def model_info(data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
     from workers.clamp.loading import describe_model
     from workers.runtime import model_dir_of
 
-    settings = _settings(data_dir)
-    try:
-        info = describe_model(model_dir_of(settings))
-    except _user_errors() as exc:
-        raise _fail(str(exc)) from exc
+    info = describe_model(model_dir_of(load_settings(data_dir)))
     if as_json:
         print(json.dumps(info))
         return
@@ -492,6 +483,84 @@ def model_info(data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
     for key, value in _headline_metrics(info["metrics"]):
         table.add_row(key, f"{value:.3f}")
     out.print(table)
+
+
+@app.command()
+def doctor(data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
+    """Check the database, broker, vector store, model and disk; exit 0 only if all pass."""
+    from orchestrator.doctor import run_checks
+
+    checks = run_checks(load_settings(data_dir))
+    healthy = all(c.ok for c in checks)
+    if as_json:
+        print(json.dumps({"ok": healthy, "checks": [c.to_dict() for c in checks]}))
+    else:
+        table = Table("check", "", "detail", "fix")
+        for c in checks:
+            mark = "[green]ok[/]" if c.ok else "[bold red]error[/]"
+            table.add_row(c.name, mark, c.detail, c.fix)
+        out.print(table)
+    if not healthy:
+        raise typer.Exit(1)
+
+
+@app.command()
+def verify(
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Re-queue missing/stale pieces, delete orphans.")
+    ] = False,
+) -> None:
+    """Compare the database with the vector store (and repair with --repair)."""
+    from orchestrator.verify import verify as run_verify
+
+    report = run_verify(_settings(data_dir), repair)
+    if as_json:
+        print(json.dumps(report.to_dict()))
+        return
+    table = Table(title=f"collection {report.collection}", show_header=False)
+    for key in ("checked", "missing", "orphaned", "stale", "repaired"):
+        table.add_row(key, str(getattr(report, key)))
+    out.print(table)
+
+
+@app.command()
+def migrate(data_dir: DataDirOpt = None) -> None:
+    """Bring the database schema to the current version (workers also do this on start)."""
+    settings = _settings(data_dir, writes=True)
+    session_factory(settings.resolved_database_url())
+    out.print("database schema is current")
+
+
+def _exit_code(exc: Exception) -> int | None:
+    """The exit code of an error a person can fix (None: a bug, keep the traceback)."""
+    if isinstance(exc, UserError):
+        return exc.exit_code
+    from workers.vectors import VectorStoreError  # a store that refuses a write or query
+
+    return 1 if isinstance(exc, VectorStoreError) else None
+
+
+def _one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """User errors end the command with one line on stderr and their exit code, no traceback."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except Exception as exc:
+            code = _exit_code(exc)
+            if code is None:
+                raise
+            raise _fail(str(exc), code) from None
+
+    return run
+
+
+for _command in app.registered_commands:
+    assert _command.callback is not None
+    _command.callback = _one_line_errors(_command.callback)
 
 
 def main() -> None:

@@ -1,27 +1,25 @@
-"""Ingest planning: scan paths -> diff against the database -> enqueue parse work."""
+"""Ingest jobs: scan paths -> diff against the database -> ledger work; run, wake, wait."""
 
 from __future__ import annotations
 
 import fnmatch
 import hashlib
 import os
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from schemas.db import Failure, Job
-from schemas.messages import (
-    DeletePointsMessage,
-    Dispatcher,
-    ParseFilesMessage,
-)
+from schemas.db import Failure, Job, JobStatus, WorkKind
+from schemas.messages import Waker
 from schemas.settings import Settings
-from workers import sinks
+from workers import ledger, sinks
 from workers.convert import SUPPORTED_SUFFIXES
-from workers.database import session_scope
+from workers.database import session_factory, session_scope
+from workers.errors import BrokerUnavailableError, UserError
 
 HASH_CHUNK = 1 << 20
 SCAN_COMMIT_EVERY = 500
@@ -87,22 +85,40 @@ def fingerprint(path: Path) -> sinks.FileSeen:
 @dataclass(frozen=True)
 class IngestPlan:
     job_id: int
-    file_ids: list[int]
+    files: int  # files queued for parsing
     skipped: int
     scan_failures: int
-    removed_piece_ids: list[str]
+    removed: int  # pieces whose points are queued for deletion
+    resumed: int  # items taken over from interrupted jobs
 
 
 def plan_ingest(
-    sessions: sessionmaker[Session], settings: Settings, paths: Sequence[Path], kind: str = "ingest"
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    paths: Sequence[Path],
+    kind: str = "ingest",
+    *,
+    resume_dead_jobs: bool = False,
+    reparse: bool = False,
 ) -> IngestPlan:
-    """Record every file seen; skip unchanged indexed files, tombstone vanished ones."""
+    """Record every file seen and put the job's work in the ledger.
+
+    Changed files get parse work, vanished files delete work, and unchanged files whose
+    pieces still lack vectors (an interrupted run) get encode work: nothing parsed before is
+    parsed again. With `resume_dead_jobs` (embedded mode, where this process owns the
+    store, so no other runs), the open work of jobs that died or were interrupted moves to
+    this job. `reparse` parses unchanged files again (retrying their failures after a
+    limit or the code changed).
+    """
     file_ids: list[int] = []
-    skipped = scan_failures = 0
-    removed: list[str] = []
+    skipped = scan_failures = removed = resumed = 0
     with session_scope(sessions) as session:
-        job = sinks.create_job(session, kind, {"paths": [str(Path(p).absolute()) for p in paths]})
-        job_id = job.id
+        job_id = sinks.create_job(
+            session, kind, {"paths": [str(Path(p).absolute()) for p in paths]}
+        ).id
+    if resume_dead_jobs:
+        with session_scope(sessions) as session:
+            resumed = sinks.take_over_dead_jobs(session, job_id, settings.max_solo_attempts)
     seen_uris: set[str] = set()
     # One transaction per batch of files: a commit per file dominated scans of big catalogs.
     with sessions() as session:
@@ -134,11 +150,14 @@ def plan_ingest(
                 scan_failures += 1
                 continue
             seen_uris.add(seen.uri)
-            file_id, unchanged = sinks.record_file(session, job_id, seen)
-            if unchanged:
+            recorded = sinks.record_file(session, job_id, seen, reparse)
+            if recorded.unchanged:
                 skipped += 1
+                work = [ledger.NewWork(WorkKind.ENCODE, p) for p in recorded.unindexed_piece_ids]
             else:
-                file_ids.append(file_id)
+                file_ids.append(recorded.file_id)
+                work = [ledger.NewWork(WorkKind.PARSE, str(recorded.file_id))]
+            ledger.enqueue(session, job_id, work)
         session.commit()
     with session_scope(sessions) as session:
         for raw in paths:
@@ -147,26 +166,144 @@ def plan_ingest(
                 prefix = str(root.absolute()).rstrip(os.sep) + os.sep
                 for source in sinks.files_under(session, prefix):
                     if source.uri not in seen_uris:
-                        removed += sinks.tombstone_file(session, source, job_id)
+                        gone = sinks.tombstone_file(session, source, job_id)
+                        ledger.enqueue(
+                            session, job_id, [ledger.NewWork(WorkKind.DELETE, p) for p in gone]
+                        )
+                        removed += len(gone)
         job = session.get(Job, job_id)
         assert job is not None
         job.files_total = len(file_ids)
         job.files_skipped = skipped
-    return IngestPlan(job_id, file_ids, skipped, scan_failures, removed)
+        sinks.tally_job(session, job_id, removed=removed)
+        sinks.refresh_job(session, job_id)
+    return IngestPlan(job_id, len(file_ids), skipped, scan_failures, removed, resumed)
 
 
-def dispatch_plan(plan: IngestPlan, settings: Settings, dispatcher: Dispatcher) -> int:
-    """Queue the plan's work; returns the number of parse messages sent."""
-    if plan.removed_piece_ids:
-        dispatcher.delete(DeletePointsMessage(piece_ids=plan.removed_piece_ids))
-    step = settings.files_per_parse_task
-    sent = 0
-    for start in range(0, len(plan.file_ids), step):
-        dispatcher.parse(
-            ParseFilesMessage(job_id=plan.job_id, file_ids=plan.file_ids[start : start + step])
+def wake_workers(sessions: sessionmaker[Session], job_id: int, waker: Waker) -> None:
+    """Tell the workers the job has work; mark the job failed if the broker refuses."""
+    try:
+        for queue in ledger.QUEUES:
+            waker.wake(queue, job_id)
+    except Exception as exc:
+        with session_scope(sessions) as session:
+            sinks.finish_job(session, job_id, JobStatus.FAILED)
+        raise BrokerUnavailableError(
+            f"job {job_id} could not be queued ({exc}), so it is marked failed; check "
+            "that Redis is running and CLAMP_INDEX_BROKER_URL is right, then ingest again"
+        ) from None
+
+
+class JobInterruptedError(UserError):
+    """The run was stopped (Ctrl-C, SIGTERM); its job is resumable."""
+
+    exit_code = 130
+
+    def __init__(self, job_id: int, resume: str) -> None:
+        super().__init__(
+            f"interrupted: job {job_id} stopped with its current batch handed back; run "
+            f"`{resume}` to resume (files already parsed are not parsed again)"
         )
-        sent += 1
-    return sent
+        self.job_id = job_id
+
+
+ProgressCallback = Callable[[sinks.JobCounts], None]
+
+
+def run_embedded(
+    settings: Settings,
+    job_id: int,
+    on_progress: ProgressCallback | None = None,
+    resume: str = "clamp-index ingest PATH...",
+) -> None:
+    """Drain the job's work in this process: parse, then encode, through the same ledger."""
+    from workers.runner import Interrupted, Runner, holder_name
+    from workers.runtime import get_context
+
+    ctx = get_context(settings)
+    sessions = ctx.sessions
+
+    def progress(_kind: str, _n: int) -> None:
+        if on_progress is not None:
+            counts = job_counts(sessions, job_id)
+            assert counts is not None
+            on_progress(counts)
+
+    runner = Runner(ctx, holder_name("embedded"), on_progress=progress)
+    try:
+        while runner.drain("parse").claims + runner.drain("encode").claims:
+            pass
+    except (KeyboardInterrupt, Interrupted):
+        with session_scope(sessions) as session:
+            sinks.finish_job(session, job_id, JobStatus.INTERRUPTED)
+        raise JobInterruptedError(job_id, resume) from None
+    except Exception:
+        # Stopped by a setting or service to fix (wrong model, store held...): the work
+        # stays in the ledger for the next run, which takes it over.
+        with session_scope(sessions) as session:
+            sinks.finish_job(session, job_id, JobStatus.INTERRUPTED)
+        raise
+    finally:
+        ctx.store.flush()
+
+
+def wait_for(
+    sessions: sessionmaker[Session],
+    job_id: int,
+    on_update: ProgressCallback | None = None,
+    poll_s: float = 1.0,
+) -> sinks.JobCounts:
+    """Poll a job until it ends (done, failed or interrupted)."""
+    while True:
+        counts = job_counts(sessions, job_id)
+        assert counts is not None
+        if on_update is not None:
+            on_update(counts)
+        if counts.finished or counts.status != JobStatus.RUNNING:
+            return counts
+        time.sleep(poll_s)
+
+
+def ingest(
+    settings: Settings,
+    paths: Sequence[Path],
+    *,
+    wait: bool = False,
+    on_progress: ProgressCallback | None = None,
+    resume: str = "clamp-index ingest PATH...",
+    reparse: bool = False,
+) -> sinks.JobCounts:
+    """Plan an ingest and run it here (embedded) or wake the workers (distributed)."""
+    missing = [p for p in paths if not (Path(p).exists() or Path(p).is_symlink())]
+    if missing:
+        raise UserError(f"no such file or directory: {missing[0]}")
+    sessions = session_factory(settings.resolved_database_url())
+    if settings.embedded_queue:
+        from workers.runtime import get_context
+
+        # Own the store before looking at the ledger: with its lock held no other process
+        # can be running, so unfinished jobs are dead and this run takes their work over.
+        get_context(settings).store  # noqa: B018
+        plan = plan_ingest(sessions, settings, paths, resume_dead_jobs=True, reparse=reparse)
+        run_embedded(settings, plan.job_id, on_progress, resume)
+    else:
+        from workers.celery_app import CeleryWaker, check_broker, make_celery
+
+        check_broker(settings)  # before a job exists that nothing could run
+        plan = plan_ingest(sessions, settings, paths, reparse=reparse)
+        wake_workers(sessions, plan.job_id, CeleryWaker(make_celery(settings)))
+        if wait:
+            wait_for(sessions, plan.job_id, on_progress)
+    counts = job_counts(sessions, plan.job_id)
+    assert counts is not None
+    return counts
+
+
+def retry_targets(sessions: sessionmaker[Session]) -> tuple[list[Path], list[Path]]:
+    """(paths behind unresolved failures that exist, those that are gone)."""
+    failed = sorted({Path(f.uri) for f in list_failures(sessions)})
+    present = [p for p in failed if p.exists() or p.is_symlink()]
+    return present, [p for p in failed if p not in present]
 
 
 def job_counts(

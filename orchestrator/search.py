@@ -14,16 +14,17 @@ from schemas.collection import point_id
 from workers import sinks
 from workers.abc import ParsedPiece, encode_patches, parse_abc_text
 from workers.database import session_scope
+from workers.errors import BadArgumentError, UserError
 from workers.runtime import WorkerContext, check_same_model
 from workers.sinks import piece_id_for
 from workers.stages import read_as_abc, read_source
 
 
-class EmptyIndexError(LookupError):
+class EmptyIndexError(UserError, LookupError):
     pass
 
 
-class QueryInputError(ValueError):
+class QueryInputError(BadArgumentError, ValueError):
     pass
 
 

@@ -46,6 +46,24 @@ class JobStatus:
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+    INTERRUPTED = "interrupted"  # stopped by Ctrl-C / SIGTERM or a dead process; resumable
+
+
+class WorkState:
+    PENDING = "pending"
+    LEASED = "leased"
+    DONE = "done"
+    FAILED = "failed"
+    # Taken over by a later job (a resumed ingest); the later job's row does the work.
+    SUPERSEDED = "superseded"
+
+    OPEN = (PENDING, LEASED)
+
+
+class WorkKind:
+    PARSE = "parse"  # item_key: source file id
+    ENCODE = "encode"  # item_key: piece id
+    DELETE = "delete"  # item_key: piece id whose point must go
 
 
 class Job(Base):
@@ -61,6 +79,10 @@ class Job(Base):
     pieces_total: Mapped[int] = mapped_column(Integer, default=0)
     pieces_indexed: Mapped[int] = mapped_column(Integer, default=0)
     pieces_failed: Mapped[int] = mapped_column(Integer, default=0)
+    # Vectors computed, vectors taken from identical music, points removed (deleted tunes).
+    pieces_encoded: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    pieces_reused: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    pieces_removed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
@@ -173,4 +195,42 @@ class VectorAlias(Base):
     collection: Mapped[str] = mapped_column(String(128))
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
+class WorkItem(Base):
+    """One unit of work in the ledger: claimed under a lease, completed under its token.
+
+    The queue only wakes workers; this row is the truth about what is left to do.
+    """
+
+    __tablename__ = "work_items"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
+    queue: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(16))
+    item_key: Mapped[str] = mapped_column(String(64))
+    # Encode work: the collection to write (None: the alias's active one at encode time).
+    collection: Mapped[str | None] = mapped_column(String(128))
+    state: Mapped[str] = mapped_column(String(16), default=WorkState.PENDING)
+    holder: Mapped[str | None] = mapped_column(String(128))
+    claim_token: Mapped[str | None] = mapped_column(String(32))
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Size of the claim this item was last taken in, and the largest claim it may join
+    # after its holder died with it (halved each time: bisecting for a poison item).
+    batch_size: Mapped[int] = mapped_column(Integer, default=0)
+    claim_limit: Mapped[int | None] = mapped_column(Integer)
+    lost_leases: Mapped[int] = mapped_column(Integer, default=0)
+    solo_losses: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        UniqueConstraint("job_id", "kind", "item_key", name="uq_work_items_job_kind_key"),
+        Index("ix_work_items_queue_state", "queue", "state", "claim_limit", "id"),
+        Index("ix_work_items_job_state", "job_id", "state"),
+        Index("ix_work_items_state_lease", "state", "lease_until"),
     )

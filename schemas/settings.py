@@ -57,16 +57,47 @@ class Settings(BaseSettings):
         description="Pieces over max patches: keep the start (reference) or average windows.",
     )
     torch_threads: int | None = Field(None, description="Intra-op threads; unset = torch default.")
-    files_per_parse_task: int = Field(64, ge=1)
-    pieces_per_encode_task: int = Field(1024, ge=1)
-    patch_budget: int = Field(4096, ge=64, description="Patches per forward batch.")
+    parse_claim_files: int = Field(
+        16, ge=1, description="Files a parse worker claims at once (one transaction)."
+    )
+    patch_budget: int | None = Field(
+        None,
+        ge=64,
+        description="Patches per model forward; unset = 4096 on a CPU (bigger matmuls gain "
+        "nothing on few cores), 65536 on a GPU (~500+ pieces per forward). A CUDA "
+        "out-of-memory error halves the batch and retries, so too high is safe.",
+    )
     upsert_batch: int = Field(512, ge=1)
     max_file_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Larger files fail parse.")
     parse_timeout_s: float = Field(
         60.0, ge=0, description="Wall-clock limit to read+parse one file; 0 = none."
     )
-    task_time_limit_s: int = Field(
-        3 * 3600, ge=60, description="Celery hard limit per task (soft limit 60 s earlier)."
+    lease_s: float = Field(
+        60.0,
+        ge=1,
+        description="Work-item lease: a dead worker's claim returns to the pool this long "
+        "after its last renewal (renewed every third of it while working).",
+    )
+    reconcile_interval_s: float = Field(
+        15.0, ge=0.5, description="How often idle workers reclaim expired leases and re-wake."
+    )
+    max_solo_attempts: int = Field(
+        2,
+        ge=1,
+        description="A piece whose worker dies this many times while it is claimed alone "
+        "becomes a failure row instead of being retried.",
+    )
+    encode_claim_pieces: int | None = Field(
+        None,
+        ge=1,
+        description="Pieces an encode worker claims at once; unset = 4096 on a GPU, 1024 on "
+        "a CPU (pooled across files and parse tasks).",
+    )
+    db_outage_s: float = Field(
+        300.0, ge=0, description="How long workers retry while the database is unreachable."
+    )
+    crash_on_piece: str | None = Field(
+        None, description="Test-only fault injection: the worker exits when encoding this piece."
     )
     file_globs: list[str] = Field(
         default_factory=lambda: ["*.abc", "*.xml", "*.musicxml", "*.mxl", "*.mid", "*.midi"],
@@ -82,6 +113,9 @@ class Settings(BaseSettings):
         "model_dir",
         "tokenizer_dir",
         "torch_threads",
+        "encode_claim_pieces",
+        "crash_on_piece",
+        "patch_budget",
         mode="before",
     )
     @classmethod

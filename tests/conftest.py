@@ -65,7 +65,7 @@ def settings_from_env(env: dict[str, str], **overrides: object) -> Settings:
     """In-process settings for the state a CLI subprocess with `env` works on."""
     return Settings(
         data_dir=Path(env["CLAMP_INDEX_DATA_DIR"]),
-        model_dir=Path(env["CLAMP_INDEX_MODEL_DIR"]),
+        model_dir=Path(env["CLAMP_INDEX_MODEL_DIR"]) if "CLAMP_INDEX_MODEL_DIR" in env else None,
         **overrides,
     )
 
@@ -94,7 +94,8 @@ def postgres_url() -> Iterator[str]:
     import sqlalchemy as sa
 
     try:
-        admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        # pre_ping: a fault test may restart Postgres under this pool.
+        admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
         with admin.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
     except Exception as exc:

@@ -140,7 +140,7 @@ def test_ingest_failures_search_rescan_retry(
 def test_query_errors_are_clear(runner: CliRunner, tmp_path: Path) -> None:
     result = runner.invoke(app, ["search", "anything"])
     assert result.exit_code == 1
-    assert "nothing is indexed yet" in result.output
+    assert "no index in" in result.output and "clamp-index ingest PATH" in result.output
 
     bad = tmp_path / "bad.abc"
     bad.write_bytes(b"\x00\x01\x02" * 100)
@@ -148,11 +148,12 @@ def test_query_errors_are_clear(runner: CliRunner, tmp_path: Path) -> None:
     corpus.mkdir()
     (corpus / "a.abc").write_text(JIG, encoding="utf-8")
     invoke_json(runner, "ingest", str(corpus))
+    # A query that cannot be read is a bad argument: exit 2, like a usage error.
     result = runner.invoke(app, ["similar", str(bad)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "binary" in result.output
     result = runner.invoke(app, ["search", "   "])
-    assert result.exit_code == 1 and "empty" in result.output
+    assert result.exit_code == 2 and "empty" in result.output
 
 
 def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
@@ -172,8 +173,7 @@ def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_identical_music_is_encoded_once(embedded_env: dict[str, str], tmp_path: Path) -> None:
     """Pieces whose music matches an indexed one reuse its vector instead of re-encoding."""
-    from orchestrator.jobs import plan_ingest
-    from workers import stages
+    from orchestrator.jobs import job_counts, plan_ingest, run_embedded
 
     close_contexts()
     settings = settings_from_env(embedded_env)
@@ -189,14 +189,16 @@ def test_identical_music_is_encoded_once(embedded_env: dict[str, str], tmp_path:
             renamed + "\n" + renamed.replace("X:1", "X:5"), encoding="utf-8"
         )
 
-        outcomes = []
+        encoded = []
         for folder in (first, second):
             plan = plan_ingest(ctx.sessions, settings, [folder])
-            parsed = stages.parse_files(ctx, plan.job_id, plan.file_ids)
-            outcomes.append(stages.encode_pieces(ctx, plan.job_id, parsed.to_encode))
-        assert (outcomes[0].indexed, outcomes[0].encoded) == (2, 2)
-        assert (outcomes[1].indexed, outcomes[1].encoded) == (2, 0)
-        assert ctx.store.count(outcomes[1].collection) == 4
+            before = ctx.encoder.stats.pieces
+            run_embedded(settings, plan.job_id)
+            encoded.append(ctx.encoder.stats.pieces - before)
+            counts = job_counts(ctx.sessions, plan.job_id)
+            assert counts is not None and counts.indexed == 2
+        assert encoded == [2, 0]
+        assert ctx.store.count(ctx.active_collection()) == 4
         hits = SearchService(ctx).similar_abc(JIG, k=4)
         exact = sorted(h.title or "" for h in hits if h.score > 0.9999)
         assert exact == ["Kesh Jig", "Kesh Jig", "The Kesh"]
@@ -224,19 +226,29 @@ def test_other_model_is_refused_and_job_still_ends(
     result = other.invoke(app, ["search", "a reel"])
     assert result.exit_code == 1 and "not comparable" in result.output
 
+    # The refused work waits in the ledger: the right model resumes it, nothing is lost.
     status = invoke_json(other, "status")
-    assert status["status"] == "done" and status["failed"] == 1 and status["indexed"] == 0
-    assert point_count(embedded_env) == 1
+    assert status["status"] == "interrupted" and status["pieces_pending"] == 1
+    assert status["failed"] == 0 and status["indexed"] == 0
+    close_contexts()
+    resumed = invoke_json(runner, "ingest", str(corpus))
+    assert resumed["status"] == "done" and resumed["indexed"] == 1 and resumed["skipped"] == 2
+    assert point_count(embedded_env) == 2
 
 
-def test_missing_path_fails_then_retry_indexes_it(runner: CliRunner, tmp_path: Path) -> None:
-    later = tmp_path / "later.abc"
-    summary = invoke_json(runner, "ingest", str(later))
+def test_fixed_file_is_indexed_by_retry(runner: CliRunner, tmp_path: Path) -> None:
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    tune = corpus / "waltz.abc"
+    tune.write_text(WALTZ.replace("K:", "Q:1/4=90\n"), encoding="utf-8")  # no K: line
+    summary = invoke_json(runner, "ingest", str(corpus))
     assert summary["failed"] == 1 and summary["indexed"] == 0
+    # Retrying an unfixed file records the same problem once, not once per retry.
+    assert invoke_json(runner, "retry")["indexed"] == 0
     [failure] = invoke_json(runner, "failures")
-    assert failure["stage"] == "scan" and "no such file" in failure["message"]
+    assert failure["stage"] == "parse"
 
-    later.write_text(WALTZ, encoding="utf-8")
+    tune.write_text(WALTZ, encoding="utf-8")
     assert invoke_json(runner, "retry")["indexed"] == 1
     assert invoke_json(runner, "failures") == []
     assert len(invoke_json(runner, "failures", "--all")) == 1

@@ -15,12 +15,12 @@ from sqlalchemy.orm import sessionmaker
 
 from schemas.collection import CollectionSpec, collection_name, point_id
 from schemas.db import Base
+from workers.aliases import SqlAliasRegistry
 from workers.vectors import (
     CollectionNotFoundError,
     EdgeVectorStore,
     QdrantServerStore,
     SearchTuning,
-    SqlAliasRegistry,
     StoreLockedError,
     VectorStore,
     VectorStoreError,

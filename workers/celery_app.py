@@ -1,68 +1,75 @@
-"""The Celery app, its reliability settings, and the producer side used by the orchestrator."""
+"""The Celery app, its settings, and the producer side: wake-ups for ledger queues."""
 
 from __future__ import annotations
 
 from celery import Celery
 from kombu import Queue
 
-from schemas.messages import DeletePointsMessage, EncodePiecesMessage, ParseFilesMessage
+from schemas.messages import WakeMessage
 from schemas.settings import Settings
+from workers.errors import BrokerUnavailableError
 
 PARSE_QUEUE = "parse"
 ENCODE_QUEUE = "encode"
-PARSE_TASK = "clamp_index.parse_files"
-ENCODE_TASK = "clamp_index.encode_pieces"
-DELETE_TASK = "clamp_index.delete_points"
+DRAIN_TASK = "clamp_index.drain"
 
 
 def make_celery(settings: Settings) -> Celery:
-    app = Celery(
-        "clamp_index", broker=settings.broker_url or "memory://", include=["workers.tasks"]
-    )
+    app = Celery("clamp_index", broker=settings.broker_url or "memory://")
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
-        result_serializer="json",
         task_ignore_result=True,
-        # A task is acknowledged only after it finished, and re-queued if its worker dies:
-        # every task is idempotent, so running twice is harmless, losing one is not.
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
+        # A message is only a wake-up: the work is in the ledger, under leases. Acknowledging
+        # on receipt is safe (a lost wake-up is re-sent by the reconciler), and no message
+        # ever waits out a visibility timeout because its worker died.
+        task_acks_late=False,
         worker_prefetch_multiplier=1,
-        # Must exceed the longest task, or Redis hands a running task to a second worker.
-        broker_transport_options={"visibility_timeout": 2 * settings.task_time_limit_s},
         broker_connection_retry_on_startup=True,
+        broker_connection_retry=True,
+        broker_connection_max_retries=None,
         task_queues=[Queue(PARSE_QUEUE), Queue(ENCODE_QUEUE)],
         task_default_queue=PARSE_QUEUE,
-        task_routes={
-            PARSE_TASK: {"queue": PARSE_QUEUE},
-            ENCODE_TASK: {"queue": ENCODE_QUEUE},
-            # Deleting points needs the vector store, which the encode workers hold.
-            DELETE_TASK: {"queue": ENCODE_QUEUE},
-        },
-        task_time_limit=settings.task_time_limit_s,
-        task_soft_time_limit=settings.task_time_limit_s - 60,
         worker_hijack_root_logger=False,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
     )
     return app
 
 
-class CeleryDispatcher:
-    """Sends task messages by name, so producers need none of the worker's code (or torch)."""
+BROKER_CHECK_TIMEOUT_S = 3.0
+
+
+def check_broker(settings: Settings, timeout_s: float = BROKER_CHECK_TIMEOUT_S) -> str:
+    """The broker's transport name; BrokerUnavailableError unless it answers in ~timeout_s."""
+    from kombu import Connection
+    from kombu.utils.url import maybe_sanitize_url
+
+    url = settings.broker_url or ""
+    # connect_timeout covers only the TCP connect: a Redis that accepts but never replies
+    # would hang the first read without a socket timeout.
+    options = {"socket_timeout": timeout_s} if url.startswith(("redis://", "rediss://")) else {}
+    try:
+        with Connection(url, connect_timeout=timeout_s, transport_options=options) as conn:
+            # One retry after half a second, then give up: kombu's defaults sleep 2 s first
+            # and retry for ever.
+            conn.ensure_connection(
+                max_retries=1, interval_start=0.5, interval_step=0, interval_max=0.5,
+                timeout=timeout_s,
+            )  # fmt: skip
+            return str(conn.transport_cls)
+    except Exception as exc:  # kombu raises many kinds, and a bad URL raises others
+        raise BrokerUnavailableError(
+            f"cannot reach the broker {maybe_sanitize_url(url)}: {exc}; check that Redis is "
+            "running and CLAMP_INDEX_BROKER_URL is right"
+        ) from None
+
+
+class CeleryWaker:
+    """Sends wake-ups by task name, so producers need none of the worker's code (or torch)."""
 
     def __init__(self, app: Celery) -> None:
         self.app = app
 
-    def parse(self, msg: ParseFilesMessage) -> None:
-        self.app.send_task(PARSE_TASK, args=[msg.model_dump()], queue=PARSE_QUEUE)
-
-    def encode(self, msg: EncodePiecesMessage) -> None:
-        self.app.send_task(ENCODE_TASK, args=[msg.model_dump()], queue=ENCODE_QUEUE)
-
-    def delete(self, msg: DeletePointsMessage) -> None:
-        self.app.send_task(DELETE_TASK, args=[msg.model_dump()], queue=ENCODE_QUEUE)
-
-
-# `celery -A workers.celery_app worker` finds this; settings come from the environment.
-app = make_celery(Settings())
+    def wake(self, queue: str, job_id: int) -> None:
+        message = WakeMessage(queue=queue, job_id=job_id)  # type: ignore[arg-type]
+        self.app.send_task(DRAIN_TASK, args=[message.model_dump()], queue=queue)

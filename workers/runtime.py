@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import threading
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,18 +14,20 @@ from sqlalchemy.orm import Session, sessionmaker
 from schemas.collection import CollectionSpec, collection_name
 from schemas.settings import Settings
 from workers import sinks
+from workers.aliases import SqlAliasRegistry
 from workers.database import session_factory, session_scope
+from workers.errors import UserError
 from workers.vectors import VectorStore, open_vector_store
 
 if TYPE_CHECKING:
     from workers.clamp import ClampEncoder, ModelManifest
 
 
-class ModelMismatchError(RuntimeError):
+class ModelMismatchError(UserError):
     """The active collection was filled by another model than the one configured."""
 
 
-class ModelNotConfiguredError(RuntimeError):
+class ModelNotConfiguredError(UserError):
     pass
 
 
@@ -59,14 +62,18 @@ _resources_lock = threading.RLock()
 @dataclass
 class WorkerContext:
     settings: Settings
-    sessions: sessionmaker[Session]
+
+    @cached_property
+    def sessions(self) -> sessionmaker[Session]:
+        # Opened on first use: labelling files needs only the model, not a database.
+        return session_factory(self.settings.resolved_database_url())
 
     @property
     def store(self) -> VectorStore:
         key = _store_key(self.settings)
         with _resources_lock:
             if key not in _stores:
-                _stores[key] = open_vector_store(self.settings, self.sessions)
+                _stores[key] = open_vector_store(self.settings, SqlAliasRegistry(self.sessions))
             return _stores[key]
 
     @property
@@ -136,6 +143,15 @@ def model_dir_of(settings: Settings) -> Path:
     return settings.model_dir
 
 
+CPU_PATCH_BUDGET = 4096
+GPU_PATCH_BUDGET = 65536
+
+
+def default_patch_budget(device: str) -> int:
+    """A forward as large as the device profits from: a GPU wants hundreds of pieces."""
+    return GPU_PATCH_BUDGET if device.startswith("cuda") else CPU_PATCH_BUDGET
+
+
 def load_encoder(settings: Settings) -> ClampEncoder:
     # torch is imported here, not at module import: the orchestrator stays torch-free.
     from workers.clamp import ClampEncoder, load_clamp
@@ -152,7 +168,7 @@ def load_encoder(settings: Settings) -> ClampEncoder:
     loaded = load_clamp(model_dir_of(settings), settings.tokenizer_dir, device=device)
     return ClampEncoder(
         loaded,
-        patch_budget=settings.patch_budget,
+        patch_budget=settings.patch_budget or default_patch_budget(device),
         precision=precision,
         device=device,
         long_piece=settings.long_piece,
@@ -162,7 +178,7 @@ def load_encoder(settings: Settings) -> ClampEncoder:
 def get_context(settings: Settings | None = None) -> WorkerContext:
     """A context for these settings; its model and store are loaded once per process."""
     settings = settings or Settings()
-    return WorkerContext(settings, session_factory(settings.resolved_database_url()))
+    return WorkerContext(settings)
 
 
 def close_contexts() -> None:

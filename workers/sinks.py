@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import delete, func, select, true, update
@@ -21,10 +21,13 @@ from schemas.db import (
     PieceStatus,
     SourceFile,
     VectorCollection,
+    WorkKind,
     utcnow,
 )
+from workers import ledger
 from workers.abc import ParsedPiece
 from workers.database import dialect_insert
+from workers.errors import JobNotFoundError
 
 MAX_MESSAGE_CHARS = 2000
 
@@ -58,8 +61,67 @@ def create_job(session: Session, kind: str, params: dict[str, Any]) -> Job:
     return job
 
 
-def record_file(session: Session, job_id: int, seen: FileSeen) -> tuple[int, bool]:
-    """Upsert a scanned file; returns (file id, unchanged-and-fully-indexed)."""
+def take_over_dead_jobs(session: Session, job_id: int, max_solo_losses: int) -> int:
+    """Move the open work of running or interrupted jobs to `job_id`; returns items moved.
+
+    Only for a process that knows no other runs (embedded mode holds the store's lock):
+    their claims were held by a process that is gone, so they count as lost leases.
+    """
+    dead = list(
+        session.scalars(
+            select(Job.id).where(
+                Job.id != job_id, Job.status.in_([JobStatus.RUNNING, JobStatus.INTERRUPTED])
+            )
+        )
+    )
+    if not dead:
+        return 0
+    stopped = "the process running it stopped while holding it"
+    lost = ledger.take_back(session, max_solo_losses=max_solo_losses, error=stopped, job_ids=dead)
+    record_given_up(session, lost, stopped)
+    moved = ledger.adopt(session, dead, job_id)
+    session.execute(
+        update(Job)
+        .where(Job.id.in_(dead), Job.status == JobStatus.RUNNING)
+        .values(status=JobStatus.INTERRUPTED, finished_at=utcnow())
+    )
+    return moved
+
+
+def tally_job(
+    session: Session, job_id: int, *, encoded: int = 0, reused: int = 0, removed: int = 0
+) -> None:
+    """Add to a job's counts of vectors computed, vectors reused, and pieces removed."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(
+            pieces_encoded=Job.pieces_encoded + encoded,
+            pieces_reused=Job.pieces_reused + reused,
+            pieces_removed=Job.pieces_removed + removed,
+        )
+    )
+
+
+def finish_job(session: Session, job_id: int, status: str) -> None:
+    job = session.get(Job, job_id)
+    if job is not None and job.status == JobStatus.RUNNING:
+        job.status = status
+        job.finished_at = utcnow()
+
+
+@dataclass(frozen=True)
+class FileRecorded:
+    file_id: int
+    # Same bytes as before and already parsed: only pieces still without a vector need work.
+    unchanged: bool
+    unindexed_piece_ids: list[str]
+
+
+def record_file(
+    session: Session, job_id: int, seen: FileSeen, reparse: bool = False
+) -> FileRecorded:
+    """Upsert a scanned file; an unchanged, parsed file is not parsed again unless asked."""
     # The path scans fine now, so earlier "cannot read / not found" failures are over.
     session.execute(
         update(Failure)
@@ -68,31 +130,49 @@ def record_file(session: Session, job_id: int, seen: FileSeen) -> tuple[int, boo
     )
     existing = session.scalar(select(SourceFile).where(SourceFile.uri == seen.uri))
     if (
-        existing is not None
+        not reparse
+        and existing is not None
         and existing.sha256 == seen.sha256
-        and _fully_indexed(session, existing)
+        and existing.status == FileStatus.PARSED
     ):
-        return existing.id, True
+        waiting = sorted(
+            session.scalars(
+                select(Piece.id).where(
+                    Piece.file_id == existing.id, Piece.status == PieceStatus.PARSED
+                )
+            )
+        )
+        if waiting:
+            # An interrupted ingest parsed these; this job encodes them.
+            session.execute(update(Piece).where(Piece.id.in_(waiting)).values(job_id=job_id))
+        return FileRecorded(existing.id, True, waiting)
     if existing is None:
-        existing = SourceFile(uri=seen.uri, size=seen.size, mtime=seen.mtime, sha256=seen.sha256)
-        session.add(existing)
+        # Two ingests of one folder at once both find the file new: the second insert does
+        # nothing (waiting for the first to commit), and both then update the same row.
+        session.execute(
+            dialect_insert(session, SourceFile.__table__)
+            .values(
+                uri=seen.uri,
+                size=seen.size,
+                mtime=seen.mtime,
+                sha256=seen.sha256,
+                format=seen.format,
+                status=FileStatus.PENDING,
+                piece_count=0,
+                last_job_id=job_id,
+                updated_at=utcnow(),
+            )
+            .on_conflict_do_nothing(index_elements=["uri"])
+        )
+        existing = session.scalars(
+            select(SourceFile).where(SourceFile.uri == seen.uri).with_for_update()
+        ).one()
     existing.size, existing.mtime, existing.sha256 = seen.size, seen.mtime, seen.sha256
     existing.format = seen.format
     existing.status = FileStatus.PENDING
     existing.last_job_id = job_id
     session.flush()
-    return existing.id, False
-
-
-def _fully_indexed(session: Session, source: SourceFile) -> bool:
-    if source.status != FileStatus.PARSED:
-        return False
-    not_indexed = session.scalar(
-        select(func.count())
-        .select_from(Piece)
-        .where(Piece.file_id == source.id, Piece.status != PieceStatus.INDEXED)
-    )
-    return not_indexed == 0
+    return FileRecorded(existing.id, False, [])
 
 
 def files_under(session: Session, root_prefix: str) -> list[SourceFile]:
@@ -128,6 +208,24 @@ def record_failure(
     file_id: int | None = None,
     piece_id: str | None = None,
 ) -> None:
+    message = message[:MAX_MESSAGE_CHARS]
+    # The same problem seen again (a retry of an unfixed file) reopens its row under the
+    # new job instead of piling up identical rows.
+    same = session.scalar(
+        select(Failure)
+        .where(
+            Failure.uri == uri,
+            Failure.stage == stage,
+            Failure.error_class == error_class,
+            Failure.message == message,
+            Failure.piece_id.is_(None) if piece_id is None else Failure.piece_id == piece_id,
+        )
+        .order_by(Failure.id.desc())
+        .limit(1)
+    )
+    if same is not None:
+        same.job_id, same.resolved_at = job_id, None
+        return
     session.add(
         Failure(
             job_id=job_id,
@@ -136,7 +234,7 @@ def record_failure(
             uri=uri,
             stage=stage,
             error_class=error_class,
-            message=message[:MAX_MESSAGE_CHARS],
+            message=message,
         )
     )
 
@@ -369,6 +467,29 @@ def indexed_piece_rows(session: Session, collection: str) -> list[tuple[str, str
     return [(pid, uri, index, title) for pid, uri, index, title in rows]
 
 
+def indexed_model_versions(session: Session, collection: str) -> dict[str, str]:
+    """piece id -> model version of every live piece the database says is in a collection."""
+    rows = session.execute(
+        select(IndexState.piece_id, IndexState.model_version)
+        .join(Piece, Piece.id == IndexState.piece_id)
+        .where(IndexState.collection == collection, Piece.status == PieceStatus.INDEXED)
+    )
+    return {pid: version for pid, version in rows}
+
+
+def forget_for_reencode(
+    session: Session, piece_ids: Sequence[str], collection: str, job_id: int
+) -> None:
+    """Pieces whose point is missing or stale: not indexed any more, owned by `job_id`."""
+    ids = list(piece_ids)
+    session.execute(
+        delete(IndexState).where(IndexState.piece_id.in_(ids), IndexState.collection == collection)
+    )
+    session.execute(
+        update(Piece).where(Piece.id.in_(ids)).values(status=PieceStatus.PARSED, job_id=job_id)
+    )
+
+
 def mark_piece_failed(session: Session, piece_id: str) -> None:
     session.execute(update(Piece).where(Piece.id == piece_id).values(status=PieceStatus.FAILED))
 
@@ -406,33 +527,44 @@ class JobCounts:
     files: int
     files_pending: int
     files_failed: int
+    deletes_pending: int
     skipped: int
     pieces: int
     indexed: int
     pieces_pending: int
     failed: int
+    encoded: int
+    reused: int
+    removed: int
     created_at: datetime
     finished_at: datetime | None
+    # Ledger items by kind (parse / encode / delete) and state (pending, leased, done...).
+    stages: dict[str, dict[str, int]]
+
+    def rate_and_eta(self) -> tuple[float, float | None]:
+        """Pieces finished per second since the job began, and seconds left at that rate."""
+        created = self.created_at if self.created_at.tzinfo else self.created_at.replace(tzinfo=UTC)
+        end = self.finished_at or utcnow()
+        end = end if end.tzinfo else end.replace(tzinfo=UTC)
+        seconds = max((end - created).total_seconds(), 1e-6)
+        done = self.pieces - self.pieces_pending
+        rate = done / seconds
+        left = self.pieces_pending + self.files_pending
+        if not left:
+            return rate, 0.0
+        return rate, (left / rate if rate > 0 else None)
 
     @property
     def finished(self) -> bool:
-        return self.files_pending == 0 and self.pieces_pending == 0
+        return self.files_pending == 0 and self.pieces_pending == 0 and self.deletes_pending == 0
 
 
 def refresh_job(session: Session, job_id: int) -> JobCounts:
     """Recount a job from its rows (safe under concurrent workers) and close it when done."""
     job = session.get(Job, job_id, with_for_update=session.get_bind().dialect.name != "sqlite")
     if job is None:
-        raise LookupError(f"no job with id {job_id}")
-
-    def count_files(status: str) -> int:
-        return (
-            session.scalar(
-                select(func.count())
-                .select_from(SourceFile)
-                .where(SourceFile.last_job_id == job_id, SourceFile.status == status)
-            )
-            or 0
+        raise JobNotFoundError(
+            f"no job with id {job_id}: `clamp-index status` shows the latest job"
         )
 
     piece_counts = dict(
@@ -444,16 +576,26 @@ def refresh_job(session: Session, job_id: int) -> JobCounts:
         session.scalar(select(func.count()).select_from(Failure).where(Failure.job_id == job_id))
         or 0
     )
-    files_pending = count_files(FileStatus.PENDING)
-    files_failed = count_files(FileStatus.FAILED)
-    pieces_pending = piece_counts.get(PieceStatus.PARSED, 0)
+    files_failed = (
+        session.scalar(
+            select(func.count())
+            .select_from(SourceFile)
+            .where(SourceFile.last_job_id == job_id, SourceFile.status == FileStatus.FAILED)
+        )
+        or 0
+    )
+    # What is left is what the ledger still holds open, not what rows look like.
+    open_work = ledger.open_counts(session, job_id)
+    files_pending = open_work.get(WorkKind.PARSE, 0)
+    pieces_pending = open_work.get(WorkKind.ENCODE, 0)
+    deletes_pending = open_work.get(WorkKind.DELETE, 0)
     indexed = piece_counts.get(PieceStatus.INDEXED, 0)
     piece_failed = piece_counts.get(PieceStatus.FAILED, 0)
     job.files_failed = files_failed
     job.pieces_total = indexed + piece_failed + pieces_pending
     job.pieces_indexed = indexed
     job.pieces_failed = piece_failed
-    if job.status == JobStatus.RUNNING and files_pending == 0 and pieces_pending == 0:
+    if job.status == JobStatus.RUNNING and not open_work:
         job.status = JobStatus.DONE
         job.finished_at = utcnow()
     return JobCounts(
@@ -463,11 +605,48 @@ def refresh_job(session: Session, job_id: int) -> JobCounts:
         files=job.files_total,
         files_pending=files_pending,
         files_failed=files_failed,
+        deletes_pending=deletes_pending,
         skipped=job.files_skipped,
         pieces=job.pieces_total,
         indexed=indexed,
         pieces_pending=pieces_pending,
         failed=failures,
+        encoded=job.pieces_encoded,
+        reused=job.pieces_reused,
+        removed=job.pieces_removed,
         created_at=job.created_at,
         finished_at=job.finished_at,
+        stages=ledger.stage_counts(session, job_id),
     )
+
+
+class PoisonItemError(RuntimeError):
+    """An item whose worker kept dying (or failing) while it was claimed alone."""
+
+
+def record_given_up(session: Session, lost: Sequence[ledger.LostItem], last_error: str) -> None:
+    """Failure rows for the items the ledger gave up on; everything else was only returned."""
+    failed = [item for item in lost if item.failed]
+    for item in failed:
+        reason = (
+            "gave up on it: its worker died or failed every time it handled it alone "
+            f"(last error: {last_error})"
+        )
+        error = PoisonItemError(reason)
+        if item.kind == WorkKind.PARSE:
+            fail_pending_files(session, item.job_id, [int(item.item_key)], error)
+        elif item.kind == WorkKind.ENCODE:
+            for piece, uri in load_pieces(session, [item.item_key]):
+                fail_piece(session, item.job_id, piece, uri, error, reason)
+        else:
+            record_failure(
+                session,
+                job_id=item.job_id,
+                uri=f"piece:{item.item_key}",
+                piece_id=item.item_key,
+                stage="delete",
+                error_class=type(error).__name__,
+                message=f"its point could not be deleted; {reason}",
+            )
+    for job_id in sorted({item.job_id for item in failed}):
+        refresh_job(session, job_id)

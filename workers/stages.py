@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from schemas.collection import point_id
 from schemas.db import FileStatus, Piece, SourceFile
@@ -50,8 +51,17 @@ class ParseOutcome:
     failures: int
 
 
-def parse_files(ctx: WorkerContext, job_id: int, file_ids: Sequence[int]) -> ParseOutcome:
-    """Parse each file on its own: one bad file or tune never stops the others."""
+def parse_files(
+    ctx: WorkerContext,
+    job_id: int,
+    file_ids: Sequence[int],
+    finish: Callable[[Session, ParseOutcome], None] | None = None,
+) -> ParseOutcome:
+    """Parse each file on its own: one bad file or tune never stops the others.
+
+    `finish` runs inside the same transaction, so the ledger records the work as done (and
+    queues what follows) exactly when the parse results commit.
+    """
     to_encode: list[str] = []
     removed: list[str] = []
     n_pieces = n_failures = 0
@@ -120,7 +130,12 @@ def parse_files(ctx: WorkerContext, job_id: int, file_ids: Sequence[int]) -> Par
             )
             n_pieces += len(good)
         sinks.mark_files(session, marks)
-    return ParseOutcome(to_encode=to_encode, removed=removed, pieces=n_pieces, failures=n_failures)
+        outcome = ParseOutcome(
+            to_encode=to_encode, removed=removed, pieces=n_pieces, failures=n_failures
+        )
+        if finish is not None:
+            finish(session, outcome)
+    return outcome
 
 
 def read_as_abc(
@@ -172,41 +187,49 @@ def piece_payload(piece: Piece, uri: str) -> dict[str, object]:
 
 @dataclass(frozen=True)
 class EncodeOutcome:
-    indexed: int
+    indexed: list[str]  # piece ids now in the collection
     failures: int
     collection: str
-    encoded: int
+    fresh: frozenset[str]  # of those, the ones whose vector was computed (not reused)
 
 
 def encode_pieces(
-    ctx: WorkerContext, job_id: int, piece_ids: Sequence[str], collection: str | None = None
+    ctx: WorkerContext,
+    piece_jobs: Mapping[str, int],
+    collection: str | None = None,
+    finish: Callable[[Session, EncodeOutcome], None] | None = None,
 ) -> EncodeOutcome:
-    """Encode pieces in model batches, upsert their points, then mark them indexed."""
+    """Encode pieces (id -> job) in model batches, upsert their points, mark them indexed.
+
+    The points go in first (idempotent: deterministic ids), then one transaction records
+    the outcome and runs `finish` (the ledger's completion), so work is only ever marked
+    done after its vectors are stored.
+    """
     encoder = ctx.encoder
     collection = collection or ctx.active_collection()
+    piece_ids = list(piece_jobs)
     with session_scope(ctx.sessions) as session:
         rows = sinks.load_pieces(session, piece_ids)
     vectors_by_sha = _known_vectors(ctx, collection, {p.content_sha256 for p, _ in rows})
     patches: dict[str, np.ndarray] = {}
     failed_sha: dict[str, Exception] = {}
+    fresh: list[str] = []  # pieces whose vector is computed here; the rest reuse one
     for piece, _ in rows:
         sha = piece.content_sha256
         if sha in vectors_by_sha or sha in patches or sha in failed_sha:
             continue  # identical music is encoded once
+        fresh.append(piece.id)
         try:
+            if ctx.settings.crash_on_piece and piece.id == ctx.settings.crash_on_piece:
+                os._exit(70)  # fault injection for tests: a piece that kills its worker
             patches[sha] = encode_patches(piece.music_text, encoder.patch_limit)
         except Exception as exc:  # a piece that cannot be patched must not sink its batch
             failed_sha[sha] = exc
     if patches:
-        encoded = encoder.encode_music(list(patches.values()))
+        encoded = encode_halving(encoder.encode_music, list(patches.values()))
         vectors_by_sha.update(zip(patches, encoded, strict=True))
     ok_rows = [(p, uri) for p, uri in rows if p.content_sha256 in vectors_by_sha]
     bad_rows = [(p, uri) for p, uri in rows if p.content_sha256 in failed_sha]
-    if bad_rows:
-        with session_scope(ctx.sessions) as session:
-            for piece, uri in bad_rows:
-                exc = failed_sha[piece.content_sha256]
-                sinks.fail_piece(session, job_id, piece, uri, exc, str(exc))
     store = ctx.store
     step = ctx.settings.upsert_batch
     for start in range(0, len(ok_rows), step):
@@ -217,16 +240,54 @@ def encode_pieces(
             np.stack([vectors_by_sha[p.content_sha256] for p, _ in chunk]),
             [piece_payload(p, uri) for p, uri in chunk],
         )
-    if ok_rows:
-        with session_scope(ctx.sessions) as session:
+    outcome = EncodeOutcome(
+        indexed=[p.id for p, _ in ok_rows],
+        failures=len(bad_rows),
+        collection=collection,
+        fresh=frozenset(fresh) - {p.id for p, _ in bad_rows},
+    )
+    with session_scope(ctx.sessions) as session:
+        for piece, uri in bad_rows:
+            exc = failed_sha[piece.content_sha256]
+            sinks.fail_piece(session, piece_jobs[piece.id], piece, uri, exc, str(exc))
+        if ok_rows:
             sinks.mark_indexed(
                 session,
                 pieces=[p for p, _ in ok_rows],
                 collection=collection,
                 model_version=encoder.manifest.version,
             )
-    return EncodeOutcome(
-        indexed=len(ok_rows), failures=len(bad_rows), collection=collection, encoded=len(patches)
+        if finish is not None:
+            finish(session, outcome)
+    return outcome
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.cuda.OutOfMemoryError)
+
+
+def encode_halving(
+    encode: Callable[[list[np.ndarray]], np.ndarray], pieces: list[np.ndarray]
+) -> np.ndarray:
+    """encode(pieces), halving the batch on a device out-of-memory error until it fits.
+
+    A single piece that still does not fit raises: its work item is then retried in a
+    smaller claim and, if it keeps failing alone, recorded as a failure; never dropped.
+    """
+    try:
+        return encode(pieces)
+    except Exception as exc:
+        if len(pieces) <= 1 or not is_out_of_memory(exc):
+            raise
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # free the failed batch's activations before retrying
+    middle = len(pieces) // 2
+    return np.concatenate(
+        [encode_halving(encode, pieces[:middle]), encode_halving(encode, pieces[middle:])]
     )
 
 
@@ -242,10 +303,16 @@ def _known_vectors(ctx: WorkerContext, collection: str, shas: set[str]) -> dict[
     return {sha: found[point_id(pid)] for sha, pid in donors.items() if point_id(pid) in found}
 
 
-def delete_points(ctx: WorkerContext, piece_ids: Sequence[str]) -> None:
+def delete_points(
+    ctx: WorkerContext,
+    piece_ids: Sequence[str],
+    finish: Callable[[Session], None] | None = None,
+) -> None:
     """Remove the points of deleted pieces from the active collection."""
     alias_target = ctx.store.resolve_alias(ctx.settings.collection_alias)
     if alias_target is not None and piece_ids:
         ctx.store.delete(alias_target, [point_id(p) for p in piece_ids])
     with session_scope(ctx.sessions) as session:
         sinks.forget_index_state(session, piece_ids)
+        if finish is not None:
+            finish(session)

@@ -7,6 +7,7 @@ import copy
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -57,6 +58,15 @@ def plan_batches(lengths: Sequence[int], budget: int) -> list[list[int]]:
     return batches
 
 
+@dataclass
+class EncodeStats:
+    """What the music path did: calls, pieces, and model forwards (patch-budget batches)."""
+
+    calls: int = 0
+    pieces: int = 0
+    forwards: int = 0
+
+
 class ClampEncoder:
     """Unit-length float32 vectors for music patches and texts, in input order."""
 
@@ -103,6 +113,7 @@ class ClampEncoder:
         self._cache_lock = threading.Lock()
         # Fast tokenizers raise "Already borrowed" when one instance is used from two threads.
         self._tokenizer_lock = threading.Lock()
+        self.stats = EncodeStats()
 
     @property
     def dim(self) -> int:
@@ -180,6 +191,8 @@ class ClampEncoder:
                 windows.append(window)
                 owner.append(index)
         raw = self._encode_sequences(windows)
+        self.stats.calls += 1
+        self.stats.pieces += len(pieces)
         if len(windows) != len(pieces):
             # Length-weighted mean of the unnormalised window vectors (CLaMP 2's rule): the
             # projection is affine with weights summing to 1, so this equals projecting the
@@ -201,6 +214,7 @@ class ClampEncoder:
         )
         with context:
             for batch in plan_batches(lengths, self.patch_budget):
+                self.stats.forwards += 1
                 longest = lengths[batch[0]]
                 # All-zero padding patches under mask 0: attention and pooling ignore them.
                 ids = np.zeros((len(batch), longest, PATCH_LENGTH), dtype=np.uint8)

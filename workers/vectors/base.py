@@ -12,6 +12,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 
 from schemas.collection import CollectionSpec
+from workers.errors import UserError
 
 RANGE_KEYS = frozenset({"gte", "lte", "gt", "lt"})
 
@@ -42,7 +43,7 @@ class VectorStoreError(RuntimeError):
     """Anything the vector store refuses or fails to do."""
 
 
-class StoreLockedError(VectorStoreError):
+class StoreLockedError(VectorStoreError, UserError):
     """Another process has the on-disk store open; only one opener is allowed."""
 
 

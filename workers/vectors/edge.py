@@ -340,9 +340,9 @@ def _acquire_lock(path: Path) -> Any:
         handle.close()
         raise StoreLockedError(
             f"the embedded vector store {path.parent} is already open in another process "
-            f"(pid {holder}) - most likely a running `clamp-index` ingest, the HTTP server, "
-            "or an in-process worker. Stop that process, or send the work through it; "
-            "for many concurrent processes use a Qdrant server (CLAMP_INDEX_QDRANT_URL)."
+            f"(pid {holder}), most likely a running `clamp-index ingest` or `clamp-index "
+            "worker`; wait for it to finish or stop it, or use a Qdrant server "
+            "(CLAMP_INDEX_QDRANT_URL) so that many processes can share the index"
         ) from None
     handle.seek(0)
     handle.truncate()

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from sqlalchemy.orm import Session, sessionmaker
-
 from schemas.settings import Settings
-from workers.vectors.aliases import SqlAliasRegistry
-from workers.vectors.base import SearchTuning, VectorStore
+from workers.vectors.base import AliasRegistry, SearchTuning, VectorStore
 from workers.vectors.edge import EdgeVectorStore
 from workers.vectors.server import QdrantServerStore
 
 
-def open_vector_store(settings: Settings, session_factory: sessionmaker[Session]) -> VectorStore:
+def open_vector_store(settings: Settings, aliases: AliasRegistry) -> VectorStore:
     """Raises StoreLockedError when another process holds an on-disk store."""
     tuning = SearchTuning(hnsw_ef=settings.search_hnsw_ef, exact=settings.search_exact)
     if settings.qdrant_url:
         return QdrantServerStore.from_url(settings.qdrant_url, settings.qdrant_api_key, tuning)
     if settings.qdrant_path:
         return QdrantServerStore.from_local_path(settings.qdrant_path, tuning)
-    return EdgeVectorStore(settings.vectors_dir, SqlAliasRegistry(session_factory), tuning)
+    # The engine has no aliases of its own: `aliases` keeps them (in the metadata database).
+    return EdgeVectorStore(settings.vectors_dir, aliases, tuning)

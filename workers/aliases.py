@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from schemas.db import VectorAlias, utcnow
+from workers.database import dialect_insert
 
 
 class SqlAliasRegistry:
@@ -23,19 +21,14 @@ class SqlAliasRegistry:
 
     def set(self, alias: str, collection: str) -> None:
         with self._session_factory.begin() as session:
-            dialect = session.get_bind().dialect.name
-            values = {"alias": alias, "collection": collection, "updated_at": utcnow()}
-            update = {"collection": collection, "updated_at": values["updated_at"]}
-            stmt: Any
+            now = utcnow()
             # A native upsert, because two processes switching the alias at once must not
             # both try to INSERT and have one fail on the primary key.
-            if dialect == "postgresql":
-                stmt = postgresql.insert(VectorAlias).values(**values)
-                stmt = stmt.on_conflict_do_update(index_elements=["alias"], set_=update)
-                session.execute(stmt)
-            elif dialect == "sqlite":
-                stmt = sqlite.insert(VectorAlias).values(**values)
-                stmt = stmt.on_conflict_do_update(index_elements=["alias"], set_=update)
-                session.execute(stmt)
-            else:
-                session.merge(VectorAlias(**values))
+            stmt = dialect_insert(session, VectorAlias.__table__).values(
+                alias=alias, collection=collection, updated_at=now
+            )
+            session.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["alias"], set_={"collection": collection, "updated_at": now}
+                )
+            )

@@ -1,0 +1,182 @@
+"""The work ledger on both databases: claims, leases, tokens, bisecting and poison items."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from schemas.db import Job, WorkItem, WorkKind, WorkState, utcnow
+from workers import ledger, sinks
+from workers.database import session_factory, session_scope
+
+PIECES = [f"piece-{i:03d}" for i in range(40)]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.services)])
+def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    yield session_factory(url)
+    session_factory.cache_clear()
+
+
+def new_job(sessions: sessionmaker[Session], keys: list[str] = PIECES) -> int:
+    with session_scope(sessions) as session:
+        job_id = sinks.create_job(session, "test", {}).id
+        ledger.enqueue(session, job_id, [ledger.NewWork(WorkKind.ENCODE, k) for k in keys])
+    return job_id
+
+
+def claim(sessions: sessionmaker[Session], limit: int, lease_s: float = 60) -> ledger.Claim | None:
+    with session_scope(sessions) as session:
+        return ledger.claim(session, "encode", "test-holder", limit, lease_s)
+
+
+def states(sessions: sessionmaker[Session]) -> dict[str, int]:
+    with session_scope(sessions) as session:
+        rows = session.execute(select(WorkItem.state)).scalars().all()
+    return {s: rows.count(s) for s in set(rows)}
+
+
+def test_enqueue_is_idempotent_per_job(sessions: sessionmaker[Session]) -> None:
+    job_id = new_job(sessions)
+    with session_scope(sessions) as session:
+        ledger.enqueue(session, job_id, [ledger.NewWork(WorkKind.ENCODE, k) for k in PIECES])
+        assert ledger.open_counts(session, job_id) == {WorkKind.ENCODE: len(PIECES)}
+
+
+def test_claims_never_overlap_and_complete_needs_the_token(
+    sessions: sessionmaker[Session],
+) -> None:
+    new_job(sessions)
+    first, second = claim(sessions, 25), claim(sessions, 25)
+    assert first is not None and second is not None
+    assert len(first.items) == 25 and len(second.items) == 15
+    assert not {i.id for i in first.items} & {i.id for i in second.items}
+    assert claim(sessions, 25) is None
+    with pytest.raises(ledger.LeaseLostError), session_scope(sessions) as session:
+        ledger.complete(session, second.token, [i.id for i in first.items])
+    with session_scope(sessions) as session:
+        ledger.complete(session, first.token, [i.id for i in first.items])
+        assert ledger.renew(session, second.token, 60)
+    assert states(sessions) == {WorkState.DONE: 25, WorkState.LEASED: 15}
+
+
+def test_concurrent_claimers_share_the_work_exactly(sessions: sessionmaker[Session]) -> None:
+    keys = [f"p{i}" for i in range(400)]
+    new_job(sessions, keys)
+    taken: list[list[str]] = [[] for _ in range(4)]
+
+    def claimer(n: int) -> None:
+        while (got := claim(sessions, 7)) is not None:
+            taken[n] += [i.item_key for i in got.items]
+            with session_scope(sessions) as session:
+                ledger.complete(session, got.token, [i.id for i in got.items])
+
+    threads = [threading.Thread(target=claimer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    everything = [k for part in taken for k in part]
+    assert sorted(everything) == sorted(keys)  # nothing lost, nothing twice
+    assert states(sessions) == {WorkState.DONE: 400}
+
+
+def expire_all(sessions: sessionmaker[Session]) -> list[ledger.LostItem]:
+    with session_scope(sessions) as session:
+        session.execute(
+            update(WorkItem)
+            .where(WorkItem.state == WorkState.LEASED)
+            .values(lease_until=utcnow() - timedelta(seconds=1))
+        )
+    with session_scope(sessions) as session:
+        return ledger.take_back(session, max_solo_losses=2, error="died", expired_before=utcnow())
+
+
+def test_a_dead_holders_claim_returns_and_its_late_completion_is_refused(
+    sessions: sessionmaker[Session],
+) -> None:
+    new_job(sessions)
+    dead = claim(sessions, 40)
+    assert dead is not None
+    lost = expire_all(sessions)
+    assert len(lost) == 40 and not any(item.failed for item in lost)
+    retaken = claim(sessions, 40)
+    # Returned items come back in halves of the claim they were lost in.
+    assert retaken is not None and len(retaken.items) == 20
+    with pytest.raises(ledger.LeaseLostError), session_scope(sessions) as session:
+        ledger.complete(session, dead.token, [i.id for i in dead.items])
+
+
+def test_bisecting_isolates_a_poison_item_and_fails_only_it(
+    sessions: sessionmaker[Session],
+) -> None:
+    job_id = new_job(sessions)
+    poison = "piece-017"
+    deaths = 0
+    while (got := claim(sessions, 40)) is not None:
+        if any(i.item_key == poison for i in got.items):
+            deaths += 1
+            expire_all(sessions)  # the worker died holding it
+            continue
+        with session_scope(sessions) as session:
+            ledger.complete(session, got.token, [i.id for i in got.items])
+    with session_scope(sessions) as session:
+        failed = session.scalars(
+            select(WorkItem.item_key).where(WorkItem.state == WorkState.FAILED)
+        ).all()
+        assert failed == [poison]
+        assert ledger.open_counts(session, job_id) == {}
+    assert states(sessions) == {WorkState.DONE: 39, WorkState.FAILED: 1}
+    # 40 -> 20 -> 10 -> 5 -> 2 -> 1, then alone twice (max_solo_losses=2).
+    assert deaths == 7
+
+
+def test_release_hands_work_back_without_counting_an_attempt(
+    sessions: sessionmaker[Session],
+) -> None:
+    new_job(sessions)
+    got = claim(sessions, 40)
+    assert got is not None
+    with session_scope(sessions) as session:
+        assert ledger.release(session, got.token) == 40
+    again = claim(sessions, 100)
+    assert again is not None and len(again.items) == 40
+    assert {i.attempts for i in again.items} == {1}
+
+
+def test_wake_ups_go_to_queues_with_work_and_no_live_lease(
+    sessions: sessionmaker[Session],
+) -> None:
+    job_id = new_job(sessions)
+    with session_scope(sessions) as session:
+        assert ledger.queues_to_wake(session) == [("encode", job_id)]
+    assert claim(sessions, 10) is not None
+    with session_scope(sessions) as session:
+        assert ledger.queues_to_wake(session) == []  # someone is on it
+    time.sleep(0.01)
+
+
+def test_a_resumed_job_takes_over_dead_jobs_work(sessions: sessionmaker[Session]) -> None:
+    old = new_job(sessions)
+    assert claim(sessions, 10) is not None  # held by a process that then died
+    with session_scope(sessions) as session:
+        resumed = sinks.create_job(session, "test", {}).id
+    with session_scope(sessions) as session:
+        moved = sinks.take_over_dead_jobs(session, resumed, max_solo_losses=2)
+    assert moved == 40
+    with session_scope(sessions) as session:
+        assert ledger.open_counts(session, resumed) == {WorkKind.ENCODE: 40}
+        assert ledger.open_counts(session, old) == {}
+        old_job = session.get(Job, old)
+        assert old_job is not None and old_job.status == "interrupted"
