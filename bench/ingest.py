@@ -7,8 +7,8 @@ settings for every path:
 - embedded: the ledger drained in this process, exactly as `clamp-index ingest` does;
 - distributed: `clamp-index ingest` wakes one parse worker and one encode worker
   (`clamp-index worker` subprocesses) over Redis, with a fresh Postgres database;
-- recovery: in a third distributed job the encode worker is SIGKILLed a quarter of the way
-  through and another one is started; recovery_s = kill -> job done.
+- recovery: in a third distributed job the encode worker is SIGKILLed 2 s into its first
+  claim and another one is started; recovery_s = kill -> job done.
 Each path first ingests a warm-up copy (the same tunes plus one rest bar, so no vector is
 reused by content) so that oneDNN has built its per-shape kernels before anything is timed.
 Throughput is pieces / (finished_at - created_at) of the job's row, for every path.
@@ -155,8 +155,12 @@ def distributed_run(
             pieces, seconds = job_rate(settings, job_id)
             timed_job = job_id
             crash_job = start_ingest(env, crash_dir)
-            quarter = pieces // 4
-            wait_until(lambda: counts(url, crash_job).indexed >= quarter, 900, "a quarter")
+
+            def encoding() -> bool:
+                return counts(url, crash_job).stages.get("encode", {}).get("leased", 0) > 0
+
+            wait_until(encoding, 900, "an encode claim in flight")
+            time.sleep(2)  # mid-batch
             encode.kill()
             killed = time.monotonic()
             late = Worker(env, logs / "encode2.log", "encode")

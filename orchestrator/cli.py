@@ -29,7 +29,7 @@ from orchestrator import jobs
 from schemas.settings import Settings, load_settings
 from workers.database import require_existing, session_factory
 from workers.errors import UserError
-from workers.sinks import JobCounts
+from workers.job_state import JobCounts
 
 app = typer.Typer(
     help="Index symbolic-music catalogs (ABC) with CLaMP vectors and search them by meaning.",

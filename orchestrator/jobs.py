@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from schemas.db import Failure, Job, JobStatus, WorkKind
 from schemas.messages import Waker
 from schemas.settings import Settings
-from workers import ledger, sinks
+from workers import job_state, ledger, sinks
 from workers.convert import SUPPORTED_SUFFIXES
 from workers.database import session_factory, session_scope
 from workers.errors import BrokerUnavailableError, UserError
@@ -113,12 +113,12 @@ def plan_ingest(
     file_ids: list[int] = []
     skipped = scan_failures = removed = resumed = 0
     with session_scope(sessions) as session:
-        job_id = sinks.create_job(
+        job_id = job_state.create_job(
             session, kind, {"paths": [str(Path(p).absolute()) for p in paths]}
         ).id
     if resume_dead_jobs:
         with session_scope(sessions) as session:
-            resumed = sinks.take_over_dead_jobs(session, job_id, settings.max_solo_attempts)
+            resumed = job_state.take_over_dead_jobs(session, job_id, settings.max_solo_attempts)
     seen_uris: set[str] = set()
     # One transaction per batch of files: a commit per file dominated scans of big catalogs.
     with sessions() as session:
@@ -175,8 +175,8 @@ def plan_ingest(
         assert job is not None
         job.files_total = len(file_ids)
         job.files_skipped = skipped
-        sinks.tally_job(session, job_id, removed=removed)
-        sinks.refresh_job(session, job_id)
+        job_state.tally_job(session, job_id, removed=removed)
+        job_state.refresh_job(session, job_id)
     return IngestPlan(job_id, len(file_ids), skipped, scan_failures, removed, resumed)
 
 
@@ -187,7 +187,7 @@ def wake_workers(sessions: sessionmaker[Session], job_id: int, waker: Waker) -> 
             waker.wake(queue, job_id)
     except Exception as exc:
         with session_scope(sessions) as session:
-            sinks.finish_job(session, job_id, JobStatus.FAILED)
+            job_state.finish_job(session, job_id, JobStatus.FAILED)
         raise BrokerUnavailableError(
             f"job {job_id} could not be queued ({exc}), so it is marked failed; check "
             "that Redis is running and CLAMP_INDEX_BROKER_URL is right, then ingest again"
@@ -207,7 +207,7 @@ class JobInterruptedError(UserError):
         self.job_id = job_id
 
 
-ProgressCallback = Callable[[sinks.JobCounts], None]
+ProgressCallback = Callable[[job_state.JobCounts], None]
 
 
 def run_embedded(
@@ -235,13 +235,13 @@ def run_embedded(
             pass
     except (KeyboardInterrupt, Interrupted):
         with session_scope(sessions) as session:
-            sinks.finish_job(session, job_id, JobStatus.INTERRUPTED)
+            job_state.finish_job(session, job_id, JobStatus.INTERRUPTED)
         raise JobInterruptedError(job_id, resume) from None
     except Exception:
         # Stopped by a setting or service to fix (wrong model, store held...): the work
         # stays in the ledger for the next run, which takes it over.
         with session_scope(sessions) as session:
-            sinks.finish_job(session, job_id, JobStatus.INTERRUPTED)
+            job_state.finish_job(session, job_id, JobStatus.INTERRUPTED)
         raise
     finally:
         ctx.store.flush()
@@ -252,7 +252,7 @@ def wait_for(
     job_id: int,
     on_update: ProgressCallback | None = None,
     poll_s: float = 1.0,
-) -> sinks.JobCounts:
+) -> job_state.JobCounts:
     """Poll a job until it ends (done, failed or interrupted)."""
     while True:
         counts = job_counts(sessions, job_id)
@@ -272,7 +272,7 @@ def ingest(
     on_progress: ProgressCallback | None = None,
     resume: str = "clamp-index ingest PATH...",
     reparse: bool = False,
-) -> sinks.JobCounts:
+) -> job_state.JobCounts:
     """Plan an ingest and run it here (embedded) or wake the workers (distributed)."""
     missing = [p for p in paths if not (Path(p).exists() or Path(p).is_symlink())]
     if missing:
@@ -308,14 +308,14 @@ def retry_targets(sessions: sessionmaker[Session]) -> tuple[list[Path], list[Pat
 
 def job_counts(
     sessions: sessionmaker[Session], job_id: int | None = None
-) -> sinks.JobCounts | None:
+) -> job_state.JobCounts | None:
     """Live counts of a job (the latest when none is named)."""
     with session_scope(sessions) as session:
         if job_id is None:
             job_id = session.scalar(select(Job.id).order_by(Job.id.desc()).limit(1))
             if job_id is None:
                 return None
-        return sinks.refresh_job(session, job_id)
+        return job_state.refresh_job(session, job_id)
 
 
 def list_failures(

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from schemas.collection import point_id
 from schemas.db import WorkKind
 from schemas.settings import Settings
-from workers import ledger, sinks
+from workers import job_state, ledger, sinks
 from workers.database import session_scope
 
 
@@ -64,7 +64,7 @@ def verify(settings: Settings, repair: bool = False) -> VerifyReport:
     again = missing + stale
     if again:
         with session_scope(ctx.sessions) as session:
-            job_id = sinks.create_job(session, "repair", {"collection": collection}).id
+            job_id = job_state.create_job(session, "repair", {"collection": collection}).id
             sinks.forget_for_reencode(session, again, collection, job_id)
             work = [ledger.NewWork(WorkKind.ENCODE, pid, collection) for pid in again]
             ledger.enqueue(session, job_id, work)

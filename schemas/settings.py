@@ -93,6 +93,12 @@ class Settings(BaseSettings):
         description="Pieces an encode worker claims at once; unset = 4096 on a GPU, 1024 on "
         "a CPU (pooled across files and parse tasks).",
     )
+    encode_fill_wait_s: float = Field(
+        5.0,
+        ge=0,
+        description="While files are still being parsed, an encode worker waits up to this "
+        "long for a full claim, so that forwards stay large.",
+    )
     db_outage_s: float = Field(
         300.0, ge=0, description="How long workers retry while the database is unreachable."
     )

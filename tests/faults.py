@@ -19,6 +19,7 @@ from orchestrator import jobs
 from schemas.db import Piece, PieceStatus
 from tests.conftest import CLI, REPO, settings_from_env
 from workers.database import session_factory, session_scope
+from workers.job_state import JobCounts
 from workers.runtime import close_contexts, get_context
 
 # How the machine starts its services (the `env` entry of the tool library); the tests
@@ -141,7 +142,7 @@ def start_ingest(env: dict[str, str], path: Path) -> int:
     return int(json.loads(result.stdout)["job_id"])
 
 
-def counts(database_url: str, job_id: int) -> jobs.sinks.JobCounts:
+def counts(database_url: str, job_id: int) -> JobCounts:
     found = jobs.job_counts(session_factory(database_url), job_id)
     assert found is not None
     return found

@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from schemas.db import Job, WorkItem, WorkKind, WorkState, utcnow
-from workers import ledger, sinks
+from workers import job_state, ledger
 from workers.database import session_factory, session_scope
 
 PIECES = [f"piece-{i:03d}" for i in range(40)]
@@ -31,7 +31,7 @@ def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[session
 
 def new_job(sessions: sessionmaker[Session], keys: list[str] = PIECES) -> int:
     with session_scope(sessions) as session:
-        job_id = sinks.create_job(session, "test", {}).id
+        job_id = job_state.create_job(session, "test", {}).id
         ledger.enqueue(session, job_id, [ledger.NewWork(WorkKind.ENCODE, k) for k in keys])
     return job_id
 
@@ -171,9 +171,9 @@ def test_a_resumed_job_takes_over_dead_jobs_work(sessions: sessionmaker[Session]
     old = new_job(sessions)
     assert claim(sessions, 10) is not None  # held by a process that then died
     with session_scope(sessions) as session:
-        resumed = sinks.create_job(session, "test", {}).id
+        resumed = job_state.create_job(session, "test", {}).id
     with session_scope(sessions) as session:
-        moved = sinks.take_over_dead_jobs(session, resumed, max_solo_losses=2)
+        moved = job_state.take_over_dead_jobs(session, resumed, max_solo_losses=2)
     assert moved == 40
     with session_scope(sessions) as session:
         assert ledger.open_counts(session, resumed) == {WorkKind.ENCODE: 40}

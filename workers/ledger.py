@@ -143,6 +143,29 @@ def has_pending(session: Session, queue: str) -> bool:
     )
 
 
+def pending_count(session: Session, queue: str, cap: int) -> int:
+    """Pending items on a queue, counted up to `cap` (enough to know a claim would be full)."""
+    capped = (
+        select(WorkItem.id)
+        .where(WorkItem.queue == queue, WorkItem.state == WorkState.PENDING)
+        .limit(cap)
+        .subquery()
+    )
+    return session.scalar(select(func.count()).select_from(capped)) or 0
+
+
+def has_open(session: Session, queue: str) -> bool:
+    """Whether a queue still has pending or leased work (more may follow from it)."""
+    return (
+        session.scalar(
+            select(WorkItem.id)
+            .where(WorkItem.queue == queue, WorkItem.state.in_(WorkState.OPEN))
+            .limit(1)
+        )
+        is not None
+    )
+
+
 def renew(session: Session, token: str, lease_s: float) -> bool:
     """Extend a claim's lease; False when the claim is no longer this worker's."""
     result = session.execute(

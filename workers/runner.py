@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,7 +27,7 @@ from tenacity import (
 )
 
 from schemas.db import WorkKind, utcnow
-from workers import ledger, sinks, stages
+from workers import job_state, ledger, stages
 from workers.database import session_scope
 from workers.errors import UserError
 from workers.runtime import WorkerContext
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # Infrastructure hiccups: retried with backoff for settings.db_outage_s, never blamed on items.
 TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
+FILL_POLL_S = 0.2
 LEASE_EXPIRED = "its worker stopped renewing the lease (killed, or stalled) while holding it"
 
 # (kind, number of items finished) after each completed batch.
@@ -87,7 +89,7 @@ class Runner:
             wait=wait_exponential(multiplier=0.5, max=10),
             stop=stop_after_delay(self.settings.db_outage_s),
             before_sleep=lambda state: log.warning(
-                "database unreachable, retrying: %s", state.outcome and state.outcome.exception()
+                "database error, retrying: %s", state.outcome and state.outcome.exception()
             ),
             reraise=True,
         ):
@@ -112,6 +114,8 @@ class Runner:
             return result  # without sizing the claim, which may need torch
         size = self.claim_size(queue)
         while not self.stop.is_set() and (max_claims is None or result.claims < max_claims):
+            if queue == "encode":
+                self._await_full_claim(size)
             claim = self.retrying(lambda: self._claim(queue, size))
             if claim is None:
                 break
@@ -120,6 +124,25 @@ class Runner:
             result.jobs.update(item.job_id for item in claim.items)
             self._run(claim)
         return result
+
+    def _await_full_claim(self, size: int) -> None:
+        """While files are still being parsed, wait (briefly) for a full encode claim.
+
+        A forward of a few dozen pieces wastes a GPU, and on a small CPU an encoder racing
+        the parser only slows both down; once parsing is done there is nothing to wait for.
+        """
+        deadline = time.monotonic() + self.settings.encode_fill_wait_s
+        while time.monotonic() < deadline and not self.stop.is_set():
+
+            def full_or_final() -> bool:
+                with session_scope(self.ctx.sessions) as session:
+                    return ledger.pending_count(
+                        session, "encode", size
+                    ) >= size or not ledger.has_open(session, "parse")
+
+            if self.retrying(full_or_final):
+                return
+            time.sleep(FILL_POLL_S)
 
     def _has_pending(self, queue: str) -> bool:
         with session_scope(self.ctx.sessions) as session:
@@ -140,7 +163,7 @@ class Runner:
                     error=LEASE_EXPIRED,
                     expired_before=utcnow(),
                 )
-                sinks.record_given_up(session, lost, LEASE_EXPIRED)
+                job_state.record_given_up(session, lost, LEASE_EXPIRED)
                 return ledger.queues_to_wake(session)
 
         return self.retrying(expire)
@@ -188,7 +211,7 @@ class Runner:
                 error=message,
                 token=claim.token,
             )
-            sinks.record_given_up(session, lost, message)
+            job_state.record_given_up(session, lost, message)
 
     @contextmanager
     def _kept_lease(self, claim: ledger.Claim) -> Iterator[None]:
@@ -238,7 +261,7 @@ class Runner:
             ) -> None:
                 ledger.complete(session, claim.token, [i.id for i in job_items])
                 # Unchanged tunes of a changed file keep their vectors: reused.
-                sinks.tally_job(
+                job_state.tally_job(
                     session,
                     job_id,
                     reused=outcome.pieces - len(outcome.to_encode),
@@ -247,7 +270,7 @@ class Runner:
                 follow = [ledger.NewWork(WorkKind.ENCODE, pid) for pid in outcome.to_encode]
                 follow += [ledger.NewWork(WorkKind.DELETE, pid) for pid in outcome.removed]
                 ledger.enqueue(session, job_id, follow)
-                sinks.refresh_job(session, job_id)
+                job_state.refresh_job(session, job_id)
 
             file_ids = [int(i.item_key) for i in job_items]
             outcome = self.retrying(
@@ -270,8 +293,8 @@ class Runner:
             for job_id in jobs:
                 done = [pid for pid in outcome.indexed if piece_jobs[pid] == job_id]
                 fresh = sum(pid in outcome.fresh for pid in done)
-                sinks.tally_job(session, job_id, encoded=fresh, reused=len(done) - fresh)
-                if sinks.refresh_job(session, job_id).finished:
+                job_state.tally_job(session, job_id, encoded=fresh, reused=len(done) - fresh)
+                if job_state.refresh_job(session, job_id).finished:
                     finished.append(job_id)
 
         outcome = self.retrying(
@@ -288,7 +311,7 @@ class Runner:
         def finish(session: Session) -> None:
             ledger.complete(session, claim.token, [i.id for i in items])
             for job_id in jobs:
-                sinks.refresh_job(session, job_id)
+                job_state.refresh_job(session, job_id)
 
         piece_ids = [item.item_key for item in items]
         self.retrying(lambda: stages.delete_points(self.ctx, piece_ids, finish))

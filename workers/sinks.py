@@ -2,32 +2,28 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, true, update
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from schemas.db import (
     Failure,
     FileStatus,
     IndexState,
-    Job,
-    JobStatus,
     Piece,
     PieceStatus,
     SourceFile,
     VectorCollection,
-    WorkKind,
     utcnow,
 )
-from workers import ledger
 from workers.abc import ParsedPiece
 from workers.database import dialect_insert
-from workers.errors import JobNotFoundError
 
 MAX_MESSAGE_CHARS = 2000
 
@@ -52,62 +48,6 @@ class SourceOrigin:
 
     source_format: str
     converter: str | None
-
-
-def create_job(session: Session, kind: str, params: dict[str, Any]) -> Job:
-    job = Job(kind=kind, status=JobStatus.RUNNING, params=params)
-    session.add(job)
-    session.flush()
-    return job
-
-
-def take_over_dead_jobs(session: Session, job_id: int, max_solo_losses: int) -> int:
-    """Move the open work of running or interrupted jobs to `job_id`; returns items moved.
-
-    Only for a process that knows no other runs (embedded mode holds the store's lock):
-    their claims were held by a process that is gone, so they count as lost leases.
-    """
-    dead = list(
-        session.scalars(
-            select(Job.id).where(
-                Job.id != job_id, Job.status.in_([JobStatus.RUNNING, JobStatus.INTERRUPTED])
-            )
-        )
-    )
-    if not dead:
-        return 0
-    stopped = "the process running it stopped while holding it"
-    lost = ledger.take_back(session, max_solo_losses=max_solo_losses, error=stopped, job_ids=dead)
-    record_given_up(session, lost, stopped)
-    moved = ledger.adopt(session, dead, job_id)
-    session.execute(
-        update(Job)
-        .where(Job.id.in_(dead), Job.status == JobStatus.RUNNING)
-        .values(status=JobStatus.INTERRUPTED, finished_at=utcnow())
-    )
-    return moved
-
-
-def tally_job(
-    session: Session, job_id: int, *, encoded: int = 0, reused: int = 0, removed: int = 0
-) -> None:
-    """Add to a job's counts of vectors computed, vectors reused, and pieces removed."""
-    session.execute(
-        update(Job)
-        .where(Job.id == job_id)
-        .values(
-            pieces_encoded=Job.pieces_encoded + encoded,
-            pieces_reused=Job.pieces_reused + reused,
-            pieces_removed=Job.pieces_removed + removed,
-        )
-    )
-
-
-def finish_job(session: Session, job_id: int, status: str) -> None:
-    job = session.get(Job, job_id)
-    if job is not None and job.status == JobStatus.RUNNING:
-        job.status = status
-        job.finished_at = utcnow()
 
 
 @dataclass(frozen=True)
@@ -165,7 +105,7 @@ def record_file(
             .on_conflict_do_nothing(index_elements=["uri"])
         )
         existing = session.scalars(
-            select(SourceFile).where(SourceFile.uri == seen.uri).with_for_update()
+            select(SourceFile).where(SourceFile.uri == seen.uri).with_for_update(key_share=True)
         ).one()
     existing.size, existing.mtime, existing.sha256 = seen.size, seen.mtime, seen.sha256
     existing.format = seen.format
@@ -277,72 +217,86 @@ def mark_files(session: Session, marks: Sequence[FileMark]) -> None:
         session.execute(update(SourceFile), rows)
 
 
+@dataclass(frozen=True)
+class ParsedFile:
+    """The pieces one file parsed into, and what it was read from."""
+
+    source: SourceFile
+    pieces: Sequence[ParsedPiece]
+    origin: SourceOrigin | None = None
+
+
 def upsert_pieces(
-    session: Session,
-    *,
-    job_id: int,
-    source: SourceFile,
-    pieces: Sequence[ParsedPiece],
-    origin: SourceOrigin | None = None,
+    session: Session, *, job_id: int, files: Sequence[ParsedFile]
 ) -> tuple[list[str], list[str]]:
-    """Write a file's parsed pieces; returns (ids that need encoding, ids of removed tunes)."""
+    """Write files' parsed pieces; returns (ids that need encoding, ids of removed tunes).
+
+    All files of a parse claim in a few statements: per-file round trips were most of the
+    parse time on Postgres.
+    """
     rows: list[dict[str, Any]] = []
-    for p in pieces:
-        h = p.header
-        rows.append(
-            {
-                "id": piece_id_for(source.uri, p.index),
-                "file_id": source.id,
-                "index_in_file": p.index,
-                "x_number": p.x_number,
-                "title": h.title,
-                "composer": h.composer,
-                "origin": h.origin,
-                "rhythm": h.rhythm,
-                "meter": h.meter,
-                "unit_length": h.unit_length,
-                "key": h.key,
-                "tempo": h.tempo,
-                "extra_fields": h.extra,
-                "source_format": origin.source_format if origin else "abc",
-                "converter": origin.converter if origin else None,
-                "abc_text": p.abc_text,
-                "music_text": p.music_text,
-                "content_sha256": p.content_sha256,
-                "patch_count": p.patch_count,
-                "status": PieceStatus.PARSED,
-                "job_id": job_id,
-                "updated_at": utcnow(),
-            }
-        )
-    ids = [r["id"] for r in rows]
-    # Tunes removed from a changed file: their points must not keep answering queries.
-    gone = list(
-        session.scalars(
-            select(Piece.id).where(
-                Piece.file_id == source.id,
-                Piece.status != PieceStatus.DELETED,
-                Piece.id.not_in(ids) if ids else true(),
+    now = utcnow()
+    for parsed in files:
+        source, origin = parsed.source, parsed.origin
+        for p in parsed.pieces:
+            h = p.header
+            rows.append(
+                {
+                    "id": piece_id_for(source.uri, p.index),
+                    "file_id": source.id,
+                    "index_in_file": p.index,
+                    "x_number": p.x_number,
+                    "title": h.title,
+                    "composer": h.composer,
+                    "origin": h.origin,
+                    "rhythm": h.rhythm,
+                    "meter": h.meter,
+                    "unit_length": h.unit_length,
+                    "key": h.key,
+                    "tempo": h.tempo,
+                    "extra_fields": h.extra,
+                    "source_format": origin.source_format if origin else "abc",
+                    "converter": origin.converter if origin else None,
+                    "abc_text": p.abc_text,
+                    "music_text": p.music_text,
+                    "content_sha256": p.content_sha256,
+                    "patch_count": p.patch_count,
+                    "status": PieceStatus.PARSED,
+                    "job_id": job_id,
+                    "updated_at": now,
+                }
             )
+    ids = [r["id"] for r in rows]
+    kept = set(ids)
+    # Tunes removed from a changed file: their points must not keep answering queries.
+    before = session.scalars(
+        select(Piece.id).where(
+            Piece.file_id.in_([f.source.id for f in files]),
+            Piece.status != PieceStatus.DELETED,
         )
     )
+    gone = [pid for pid in before if pid not in kept]
     if gone:
         session.execute(update(Piece).where(Piece.id.in_(gone)).values(status=PieceStatus.DELETED))
     if not rows:
         return [], gone
     already = _unchanged_indexed(session, rows)
-    # One statement shape for every file, so SQLAlchemy compiles it once and executemany
-    # batches the rows (a per-call multi-VALUES insert was recompiled every time).
-    stmt = dialect_insert(session, Piece.__table__)
-    upsert = stmt.on_conflict_do_update(
-        index_elements=["id"], set_={c: stmt.excluded[c] for c in rows[0] if c != "id"}
-    )
-    session.execute(upsert, rows)
+    session.execute(_piece_upsert(session.get_bind().dialect.name, tuple(rows[0])), rows)
     if already:
         session.execute(
             update(Piece).where(Piece.id.in_(already)).values(status=PieceStatus.INDEXED)
         )
     return [i for i in ids if i not in already], gone
+
+
+@functools.cache
+def _piece_upsert(dialect: str, columns: tuple[str, ...]) -> Any:
+    """One statement object per dialect, built once: SQLAlchemy then compiles it once, and
+    executemany batches the rows (building `excluded` per call cost 0.6 ms)."""
+    stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(Piece.__table__)
+    return stmt.on_conflict_do_update(
+        index_elements=["id"], set_={c: stmt.excluded[c] for c in columns if c != "id"}
+    )
 
 
 def _unchanged_indexed(session: Session, rows: Sequence[dict[str, Any]]) -> set[str]:
@@ -431,13 +385,6 @@ def fail_pending_files(
         source.status = FileStatus.FAILED
 
 
-def fail_unindexed_pieces(
-    session: Session, job_id: int, piece_ids: Sequence[str], exc: BaseException
-) -> None:
-    for piece, uri in load_pieces(session, piece_ids):
-        fail_piece(session, job_id, piece, uri, exc, f"encode task failed: {exc}")
-
-
 def fail_piece(
     session: Session, job_id: int, piece: Piece, uri: str, exc: BaseException, message: str
 ) -> None:
@@ -517,136 +464,3 @@ def register_collection(
         created_at=utcnow(),
     )
     session.execute(stmt.on_conflict_do_nothing(index_elements=["name"]))
-
-
-@dataclass(frozen=True)
-class JobCounts:
-    job_id: int
-    kind: str
-    status: str
-    files: int
-    files_pending: int
-    files_failed: int
-    deletes_pending: int
-    skipped: int
-    pieces: int
-    indexed: int
-    pieces_pending: int
-    failed: int
-    encoded: int
-    reused: int
-    removed: int
-    created_at: datetime
-    finished_at: datetime | None
-    # Ledger items by kind (parse / encode / delete) and state (pending, leased, done...).
-    stages: dict[str, dict[str, int]]
-
-    def rate_and_eta(self) -> tuple[float, float | None]:
-        """Pieces finished per second since the job began, and seconds left at that rate."""
-        created = self.created_at if self.created_at.tzinfo else self.created_at.replace(tzinfo=UTC)
-        end = self.finished_at or utcnow()
-        end = end if end.tzinfo else end.replace(tzinfo=UTC)
-        seconds = max((end - created).total_seconds(), 1e-6)
-        done = self.pieces - self.pieces_pending
-        rate = done / seconds
-        left = self.pieces_pending + self.files_pending
-        if not left:
-            return rate, 0.0
-        return rate, (left / rate if rate > 0 else None)
-
-    @property
-    def finished(self) -> bool:
-        return self.files_pending == 0 and self.pieces_pending == 0 and self.deletes_pending == 0
-
-
-def refresh_job(session: Session, job_id: int) -> JobCounts:
-    """Recount a job from its rows (safe under concurrent workers) and close it when done."""
-    job = session.get(Job, job_id, with_for_update=session.get_bind().dialect.name != "sqlite")
-    if job is None:
-        raise JobNotFoundError(
-            f"no job with id {job_id}: `clamp-index status` shows the latest job"
-        )
-
-    piece_counts = dict(
-        session.execute(
-            select(Piece.status, func.count()).where(Piece.job_id == job_id).group_by(Piece.status)
-        ).all()
-    )
-    failures = (
-        session.scalar(select(func.count()).select_from(Failure).where(Failure.job_id == job_id))
-        or 0
-    )
-    files_failed = (
-        session.scalar(
-            select(func.count())
-            .select_from(SourceFile)
-            .where(SourceFile.last_job_id == job_id, SourceFile.status == FileStatus.FAILED)
-        )
-        or 0
-    )
-    # What is left is what the ledger still holds open, not what rows look like.
-    open_work = ledger.open_counts(session, job_id)
-    files_pending = open_work.get(WorkKind.PARSE, 0)
-    pieces_pending = open_work.get(WorkKind.ENCODE, 0)
-    deletes_pending = open_work.get(WorkKind.DELETE, 0)
-    indexed = piece_counts.get(PieceStatus.INDEXED, 0)
-    piece_failed = piece_counts.get(PieceStatus.FAILED, 0)
-    job.files_failed = files_failed
-    job.pieces_total = indexed + piece_failed + pieces_pending
-    job.pieces_indexed = indexed
-    job.pieces_failed = piece_failed
-    if job.status == JobStatus.RUNNING and not open_work:
-        job.status = JobStatus.DONE
-        job.finished_at = utcnow()
-    return JobCounts(
-        job_id=job.id,
-        kind=job.kind,
-        status=job.status,
-        files=job.files_total,
-        files_pending=files_pending,
-        files_failed=files_failed,
-        deletes_pending=deletes_pending,
-        skipped=job.files_skipped,
-        pieces=job.pieces_total,
-        indexed=indexed,
-        pieces_pending=pieces_pending,
-        failed=failures,
-        encoded=job.pieces_encoded,
-        reused=job.pieces_reused,
-        removed=job.pieces_removed,
-        created_at=job.created_at,
-        finished_at=job.finished_at,
-        stages=ledger.stage_counts(session, job_id),
-    )
-
-
-class PoisonItemError(RuntimeError):
-    """An item whose worker kept dying (or failing) while it was claimed alone."""
-
-
-def record_given_up(session: Session, lost: Sequence[ledger.LostItem], last_error: str) -> None:
-    """Failure rows for the items the ledger gave up on; everything else was only returned."""
-    failed = [item for item in lost if item.failed]
-    for item in failed:
-        reason = (
-            "gave up on it: its worker died or failed every time it handled it alone "
-            f"(last error: {last_error})"
-        )
-        error = PoisonItemError(reason)
-        if item.kind == WorkKind.PARSE:
-            fail_pending_files(session, item.job_id, [int(item.item_key)], error)
-        elif item.kind == WorkKind.ENCODE:
-            for piece, uri in load_pieces(session, [item.item_key]):
-                fail_piece(session, item.job_id, piece, uri, error, reason)
-        else:
-            record_failure(
-                session,
-                job_id=item.job_id,
-                uri=f"piece:{item.item_key}",
-                piece_id=item.item_key,
-                stage="delete",
-                error_class=type(error).__name__,
-                message=f"its point could not be deleted; {reason}",
-            )
-    for job_id in sorted({item.job_id for item in failed}):
-        refresh_job(session, job_id)

@@ -62,11 +62,10 @@ def parse_files(
     `finish` runs inside the same transaction, so the ledger records the work as done (and
     queues what follows) exactly when the parse results commit.
     """
-    to_encode: list[str] = []
-    removed: list[str] = []
     n_pieces = n_failures = 0
-    # One transaction for the task's files: redelivery is harmless (pending files only).
+    # One transaction for the claim's files: a retry is harmless (pending files only).
     marks: list[sinks.FileMark] = []
+    parsed: list[sinks.ParsedFile] = []
     with session_scope(ctx.sessions) as session:
         found = session.scalars(select(SourceFile).where(SourceFile.id.in_(list(file_ids))))
         # A redelivered task finds its files handled already: only pending ones count.
@@ -115,11 +114,7 @@ def parse_files(
                     message=bad.message,
                 )
                 n_failures += 1
-            new_ids, gone = sinks.upsert_pieces(
-                session, job_id=job_id, source=source, pieces=good, origin=origin
-            )
-            to_encode += new_ids
-            removed += gone
+            parsed.append(sinks.ParsedFile(source, good, origin))
             marks.append(
                 sinks.FileMark(
                     file_id,
@@ -129,6 +124,7 @@ def parse_files(
                 )
             )
             n_pieces += len(good)
+        to_encode, removed = sinks.upsert_pieces(session, job_id=job_id, files=parsed)
         sinks.mark_files(session, marks)
         outcome = ParseOutcome(
             to_encode=to_encode, removed=removed, pieces=n_pieces, failures=n_failures

@@ -1,0 +1,223 @@
+"""Job rows: create, tally, finish, recount from the ledger, and take over dead jobs' work."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from schemas.db import (
+    Failure,
+    FileStatus,
+    Job,
+    JobStatus,
+    Piece,
+    PieceStatus,
+    SourceFile,
+    WorkKind,
+    utcnow,
+)
+from workers import ledger
+from workers.errors import JobNotFoundError
+from workers.sinks import fail_pending_files, fail_piece, load_pieces, record_failure
+
+
+def create_job(session: Session, kind: str, params: dict[str, Any]) -> Job:
+    job = Job(kind=kind, status=JobStatus.RUNNING, params=params)
+    session.add(job)
+    session.flush()
+    return job
+
+
+def take_over_dead_jobs(session: Session, job_id: int, max_solo_losses: int) -> int:
+    """Move the open work of running or interrupted jobs to `job_id`; returns items moved.
+
+    Only for a process that knows no other runs (embedded mode holds the store's lock):
+    their claims were held by a process that is gone, so they count as lost leases.
+    """
+    dead = list(
+        session.scalars(
+            select(Job.id).where(
+                Job.id != job_id, Job.status.in_([JobStatus.RUNNING, JobStatus.INTERRUPTED])
+            )
+        )
+    )
+    if not dead:
+        return 0
+    stopped = "the process running it stopped while holding it"
+    lost = ledger.take_back(session, max_solo_losses=max_solo_losses, error=stopped, job_ids=dead)
+    record_given_up(session, lost, stopped)
+    moved = ledger.adopt(session, dead, job_id)
+    session.execute(
+        update(Job)
+        .where(Job.id.in_(dead), Job.status == JobStatus.RUNNING)
+        .values(status=JobStatus.INTERRUPTED, finished_at=utcnow())
+    )
+    return moved
+
+
+def tally_job(
+    session: Session, job_id: int, *, encoded: int = 0, reused: int = 0, removed: int = 0
+) -> None:
+    """Add to a job's counts of vectors computed, vectors reused, and pieces removed."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(
+            pieces_encoded=Job.pieces_encoded + encoded,
+            pieces_reused=Job.pieces_reused + reused,
+            pieces_removed=Job.pieces_removed + removed,
+        )
+    )
+
+
+def finish_job(session: Session, job_id: int, status: str) -> None:
+    job = session.get(Job, job_id)
+    if job is not None and job.status == JobStatus.RUNNING:
+        job.status = status
+        job.finished_at = utcnow()
+
+
+@dataclass(frozen=True)
+class JobCounts:
+    job_id: int
+    kind: str
+    status: str
+    files: int
+    files_pending: int
+    files_failed: int
+    deletes_pending: int
+    skipped: int
+    pieces: int
+    indexed: int
+    pieces_pending: int
+    failed: int
+    encoded: int
+    reused: int
+    removed: int
+    created_at: datetime
+    finished_at: datetime | None
+    # Ledger items by kind (parse / encode / delete) and state (pending, leased, done...).
+    stages: dict[str, dict[str, int]]
+
+    def rate_and_eta(self) -> tuple[float, float | None]:
+        """Pieces finished per second since the job began, and seconds left at that rate."""
+        created = self.created_at if self.created_at.tzinfo else self.created_at.replace(tzinfo=UTC)
+        end = self.finished_at or utcnow()
+        end = end if end.tzinfo else end.replace(tzinfo=UTC)
+        seconds = max((end - created).total_seconds(), 1e-6)
+        done = self.pieces - self.pieces_pending
+        rate = done / seconds
+        left = self.pieces_pending + self.files_pending
+        if not left:
+            return rate, 0.0
+        return rate, (left / rate if rate > 0 else None)
+
+    @property
+    def finished(self) -> bool:
+        return self.files_pending == 0 and self.pieces_pending == 0 and self.deletes_pending == 0
+
+
+def refresh_job(session: Session, job_id: int) -> JobCounts:
+    """Recount a job from its rows (safe under concurrent workers) and close it when done."""
+    # FOR NO KEY UPDATE: rows that reference the job (pieces, work items) take KEY SHARE
+    # locks on it, which a plain FOR UPDATE would wait on, deadlocking two workers.
+    job = session.get(
+        Job,
+        job_id,
+        with_for_update={"key_share": True}
+        if session.get_bind().dialect.name != "sqlite"
+        else None,
+    )
+    if job is None:
+        raise JobNotFoundError(
+            f"no job with id {job_id}: `clamp-index status` shows the latest job"
+        )
+
+    piece_counts = dict(
+        session.execute(
+            select(Piece.status, func.count()).where(Piece.job_id == job_id).group_by(Piece.status)
+        ).all()
+    )
+    failures = (
+        session.scalar(select(func.count()).select_from(Failure).where(Failure.job_id == job_id))
+        or 0
+    )
+    files_failed = (
+        session.scalar(
+            select(func.count())
+            .select_from(SourceFile)
+            .where(SourceFile.last_job_id == job_id, SourceFile.status == FileStatus.FAILED)
+        )
+        or 0
+    )
+    # What is left is what the ledger still holds open, not what rows look like.
+    open_work = ledger.open_counts(session, job_id)
+    files_pending = open_work.get(WorkKind.PARSE, 0)
+    pieces_pending = open_work.get(WorkKind.ENCODE, 0)
+    deletes_pending = open_work.get(WorkKind.DELETE, 0)
+    indexed = piece_counts.get(PieceStatus.INDEXED, 0)
+    piece_failed = piece_counts.get(PieceStatus.FAILED, 0)
+    job.files_failed = files_failed
+    job.pieces_total = indexed + piece_failed + pieces_pending
+    job.pieces_indexed = indexed
+    job.pieces_failed = piece_failed
+    if job.status == JobStatus.RUNNING and not open_work:
+        job.status = JobStatus.DONE
+        job.finished_at = utcnow()
+    return JobCounts(
+        job_id=job.id,
+        kind=job.kind,
+        status=job.status,
+        files=job.files_total,
+        files_pending=files_pending,
+        files_failed=files_failed,
+        deletes_pending=deletes_pending,
+        skipped=job.files_skipped,
+        pieces=job.pieces_total,
+        indexed=indexed,
+        pieces_pending=pieces_pending,
+        failed=failures,
+        encoded=job.pieces_encoded,
+        reused=job.pieces_reused,
+        removed=job.pieces_removed,
+        created_at=job.created_at,
+        finished_at=job.finished_at,
+        stages=ledger.stage_counts(session, job_id),
+    )
+
+
+class PoisonItemError(RuntimeError):
+    """An item whose worker kept dying (or failing) while it was claimed alone."""
+
+
+def record_given_up(session: Session, lost: Sequence[ledger.LostItem], last_error: str) -> None:
+    """Failure rows for the items the ledger gave up on; everything else was only returned."""
+    failed = [item for item in lost if item.failed]
+    for item in failed:
+        reason = (
+            "gave up on it: its worker died or failed every time it handled it alone "
+            f"(last error: {last_error})"
+        )
+        error = PoisonItemError(reason)
+        if item.kind == WorkKind.PARSE:
+            fail_pending_files(session, item.job_id, [int(item.item_key)], error)
+        elif item.kind == WorkKind.ENCODE:
+            for piece, uri in load_pieces(session, [item.item_key]):
+                fail_piece(session, item.job_id, piece, uri, error, reason)
+        else:
+            record_failure(
+                session,
+                job_id=item.job_id,
+                uri=f"piece:{item.item_key}",
+                piece_id=item.item_key,
+                stage="delete",
+                error_class=type(error).__name__,
+                message=f"its point could not be deleted; {reason}",
+            )
+    for job_id in sorted({item.job_id for item in failed}):
+        refresh_job(session, job_id)
