@@ -22,7 +22,7 @@ from workers.database import session_factory, session_scope
 from workers.errors import BrokerUnavailableError, UserError
 
 HASH_CHUNK = 1 << 20
-SCAN_COMMIT_EVERY = 500
+SCAN_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -120,11 +120,24 @@ def plan_ingest(
         with session_scope(sessions) as session:
             resumed = job_state.take_over_dead_jobs(session, job_id, settings.max_solo_attempts)
     seen_uris: set[str] = set()
-    # One transaction per batch of files: a commit per file dominated scans of big catalogs.
+    batch: list[sinks.FileSeen] = []
+
+    def record(session: Session) -> None:
+        nonlocal skipped
+        work: list[ledger.NewWork] = []
+        for recorded in sinks.record_files(session, job_id, batch, reparse):
+            if recorded.unchanged:
+                skipped += 1
+                work += [ledger.NewWork(WorkKind.ENCODE, p) for p in recorded.unindexed_piece_ids]
+            else:
+                file_ids.append(recorded.file_id)
+                work.append(ledger.NewWork(WorkKind.PARSE, str(recorded.file_id)))
+        ledger.enqueue(session, job_id, work)
+        session.commit()  # one transaction per batch: a commit per file dominated big scans
+        batch.clear()
+
     with sessions() as session:
-        for n_seen, item in enumerate(iter_candidate_files(paths, settings.file_globs), 1):
-            if n_seen % SCAN_COMMIT_EVERY == 0:
-                session.commit()
+        for item in iter_candidate_files(paths, settings.file_globs):
             if isinstance(item, ScanError):
                 sinks.record_failure(
                     session,
@@ -149,16 +162,13 @@ def plan_ingest(
                 )
                 scan_failures += 1
                 continue
+            if seen.uri in seen_uris:
+                continue  # the same file named twice (a folder and a file in it)
             seen_uris.add(seen.uri)
-            recorded = sinks.record_file(session, job_id, seen, reparse)
-            if recorded.unchanged:
-                skipped += 1
-                work = [ledger.NewWork(WorkKind.ENCODE, p) for p in recorded.unindexed_piece_ids]
-            else:
-                file_ids.append(recorded.file_id)
-                work = [ledger.NewWork(WorkKind.PARSE, str(recorded.file_id))]
-            ledger.enqueue(session, job_id, work)
-        session.commit()
+            batch.append(seen)
+            if len(batch) >= SCAN_BATCH:
+                record(session)
+        record(session)
     with session_scope(sessions) as session:
         for raw in paths:
             root = Path(raw)

@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     )
     torch_threads: int | None = Field(None, description="Intra-op threads; unset = torch default.")
     parse_claim_files: int = Field(
-        16, ge=1, description="Files a parse worker claims at once (one transaction)."
+        64, ge=1, description="Files a parse worker claims at once (one transaction)."
     )
     patch_budget: int | None = Field(
         None,

@@ -122,6 +122,17 @@ class JobCounts:
         return self.files_pending == 0 and self.pieces_pending == 0 and self.deletes_pending == 0
 
 
+def close_if_done(session: Session, job_id: int) -> bool:
+    """Close the job when the ledger holds no open work for it; True when it is finished.
+
+    Cheap while work remains (one count of the job's open items), so every batch can call
+    it; the full recount runs once, at the end.
+    """
+    if ledger.open_counts(session, job_id):
+        return False
+    return refresh_job(session, job_id).finished
+
+
 def refresh_job(session: Session, job_id: int) -> JobCounts:
     """Recount a job from its rows (safe under concurrent workers) and close it when done."""
     # FOR NO KEY UPDATE: rows that reference the job (pieces, work items) take KEY SHARE

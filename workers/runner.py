@@ -270,7 +270,7 @@ class Runner:
                 follow = [ledger.NewWork(WorkKind.ENCODE, pid) for pid in outcome.to_encode]
                 follow += [ledger.NewWork(WorkKind.DELETE, pid) for pid in outcome.removed]
                 ledger.enqueue(session, job_id, follow)
-                job_state.refresh_job(session, job_id)
+                job_state.close_if_done(session, job_id)
 
             file_ids = [int(i.item_key) for i in job_items]
             outcome = self.retrying(
@@ -294,7 +294,7 @@ class Runner:
                 done = [pid for pid in outcome.indexed if piece_jobs[pid] == job_id]
                 fresh = sum(pid in outcome.fresh for pid in done)
                 job_state.tally_job(session, job_id, encoded=fresh, reused=len(done) - fresh)
-                if job_state.refresh_job(session, job_id).finished:
+                if job_state.close_if_done(session, job_id):
                     finished.append(job_id)
 
         outcome = self.retrying(
@@ -311,7 +311,7 @@ class Runner:
         def finish(session: Session) -> None:
             ledger.complete(session, claim.token, [i.id for i in items])
             for job_id in jobs:
-                job_state.refresh_job(session, job_id)
+                job_state.close_if_done(session, job_id)
 
         piece_ids = [item.item_key for item in items]
         self.retrying(lambda: stages.delete_points(self.ctx, piece_ids, finish))

@@ -58,61 +58,104 @@ class FileRecorded:
     unindexed_piece_ids: list[str]
 
 
-def record_file(
-    session: Session, job_id: int, seen: FileSeen, reparse: bool = False
-) -> FileRecorded:
-    """Upsert a scanned file; an unchanged, parsed file is not parsed again unless asked."""
-    # The path scans fine now, so earlier "cannot read / not found" failures are over.
+def record_files(
+    session: Session, job_id: int, seen: Sequence[FileSeen], reparse: bool = False
+) -> list[FileRecorded]:
+    """Upsert a batch of scanned files; unchanged, parsed files are not parsed again.
+
+    A few statements per batch, not per file: on Postgres the per-file round trips were
+    80% of a scan. `reparse` treats unchanged files as changed (a retry).
+    """
+    if not seen:
+        return []
+    uris = [s.uri for s in seen]
+    # These paths scan fine now, so earlier "cannot read / not found" failures are over.
     session.execute(
         update(Failure)
-        .where(Failure.uri == seen.uri, Failure.stage == "scan", Failure.resolved_at.is_(None))
+        .where(Failure.uri.in_(uris), Failure.stage == "scan", Failure.resolved_at.is_(None))
         .values(resolved_at=utcnow())
     )
-    existing = session.scalar(select(SourceFile).where(SourceFile.uri == seen.uri))
-    if (
-        not reparse
-        and existing is not None
-        and existing.sha256 == seen.sha256
-        and existing.status == FileStatus.PARSED
-    ):
-        waiting = sorted(
-            session.scalars(
-                select(Piece.id).where(
-                    Piece.file_id == existing.id, Piece.status == PieceStatus.PARSED
-                )
-            )
+    # Two ingests of one folder at once both find a file new: the second insert does
+    # nothing (waiting for the first to commit), and both then update the same row.
+    now = utcnow()
+    insert = dialect_insert(session, SourceFile.__table__).on_conflict_do_nothing(
+        index_elements=["uri"]
+    )
+    existing = {
+        f.uri: f for f in session.scalars(select(SourceFile).where(SourceFile.uri.in_(uris)))
+    }
+    new = [s for s in seen if s.uri not in existing]
+    if new:
+        session.execute(
+            insert,
+            [
+                {
+                    "uri": s.uri,
+                    "size": s.size,
+                    "mtime": s.mtime,
+                    "sha256": s.sha256,
+                    "format": s.format,
+                    "status": FileStatus.PENDING,
+                    "piece_count": 0,
+                    "last_job_id": job_id,
+                    "updated_at": now,
+                }
+                for s in new
+            ],
         )
+    rows = {
+        f.uri: f
+        for f in session.scalars(
+            select(SourceFile)
+            .where(SourceFile.uri.in_(uris))
+            .with_for_update(key_share=True)
+            .execution_options(populate_existing=True)
+        )
+    }
+    unchanged = {
+        s.uri
+        for s in seen
+        if not reparse
+        and s.uri in existing
+        and existing[s.uri].sha256 == s.sha256
+        and existing[s.uri].status == FileStatus.PARSED
+    }
+    waiting: dict[int, list[str]] = {}
+    unchanged_ids = [rows[u].id for u in unchanged]
+    if unchanged_ids:
+        for file_id, piece_id in session.execute(
+            select(Piece.file_id, Piece.id)
+            .where(Piece.file_id.in_(unchanged_ids), Piece.status == PieceStatus.PARSED)
+            .order_by(Piece.id)
+        ):
+            waiting.setdefault(file_id, []).append(piece_id)
         if waiting:
             # An interrupted ingest parsed these; this job encodes them.
-            session.execute(update(Piece).where(Piece.id.in_(waiting)).values(job_id=job_id))
-        return FileRecorded(existing.id, True, waiting)
-    if existing is None:
-        # Two ingests of one folder at once both find the file new: the second insert does
-        # nothing (waiting for the first to commit), and both then update the same row.
-        session.execute(
-            dialect_insert(session, SourceFile.__table__)
-            .values(
-                uri=seen.uri,
-                size=seen.size,
-                mtime=seen.mtime,
-                sha256=seen.sha256,
-                format=seen.format,
-                status=FileStatus.PENDING,
-                piece_count=0,
-                last_job_id=job_id,
-                updated_at=utcnow(),
+            session.execute(
+                update(Piece)
+                .where(Piece.id.in_([p for ids in waiting.values() for p in ids]))
+                .values(job_id=job_id)
             )
-            .on_conflict_do_nothing(index_elements=["uri"])
-        )
-        existing = session.scalars(
-            select(SourceFile).where(SourceFile.uri == seen.uri).with_for_update(key_share=True)
-        ).one()
-    existing.size, existing.mtime, existing.sha256 = seen.size, seen.mtime, seen.sha256
-    existing.format = seen.format
-    existing.status = FileStatus.PENDING
-    existing.last_job_id = job_id
-    session.flush()
-    return FileRecorded(existing.id, False, [])
+    changed = [
+        {
+            "id": rows[s.uri].id,
+            "size": s.size,
+            "mtime": s.mtime,
+            "sha256": s.sha256,
+            "format": s.format,
+            "status": FileStatus.PENDING,
+            "last_job_id": job_id,
+            "updated_at": now,
+        }
+        for s in seen
+        if s.uri not in unchanged
+    ]
+    if changed:
+        session.execute(update(SourceFile), changed)  # executemany by primary key
+    return [
+        FileRecorded(rows[s.uri].id, s.uri in unchanged, waiting.get(rows[s.uri].id, []))
+        for s in seen
+    ]
 
 
 def files_under(session: Session, root_prefix: str) -> list[SourceFile]:
