@@ -31,7 +31,7 @@ from tests.faults import (
     workers,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.services]
+pytestmark = pytest.mark.slow
 
 LEASE_S = 10
 
@@ -66,6 +66,7 @@ def settle(env: dict[str, str], job_id: int, timeout_s: float) -> float:
     return wait_until(lambda: counts(url, job_id).finished, timeout_s, f"job {job_id} to finish")
 
 
+@pytest.mark.services
 def test_sigkill_of_the_encode_worker_mid_batch(
     distributed_env: dict[str, str], wikimt_dir: Path, tmp_path: Path
 ) -> None:
@@ -121,6 +122,7 @@ def survives_mid_job(
     assert result == type(result)(pieces=n, indexed=n, points=n)
 
 
+@pytest.mark.services
 def test_redis_restarted_mid_job(
     distributed_env: dict[str, str], wikimt_dir: Path, tmp_path: Path, services_restored: None
 ) -> None:
@@ -128,6 +130,7 @@ def test_redis_restarted_mid_job(
     survives_mid_job("redis_restarted", distributed_env, wikimt_dir, tmp_path, restart_redis)
 
 
+@pytest.mark.services
 def test_postgres_unreachable_for_20_seconds(
     distributed_env: dict[str, str], wikimt_dir: Path, tmp_path: Path, services_restored: None
 ) -> None:
@@ -140,6 +143,7 @@ def test_postgres_unreachable_for_20_seconds(
     survives_mid_job("postgres_down_20s", env, wikimt_dir, tmp_path, outage)
 
 
+@pytest.mark.services
 def test_same_folder_twice_at_once_and_a_second_worker(
     distributed_env: dict[str, str], wikimt_dir: Path, tmp_path: Path
 ) -> None:

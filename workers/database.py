@@ -113,7 +113,7 @@ def describe_connect_error(url: str, exc: BaseException) -> str:
     """One line saying which database failed, why, and what to do."""
     lines = [line.strip() for line in str(getattr(exc, "orig", exc)).splitlines() if line.strip()]
     reason = next((line for line in lines if "FATAL" in line), lines[0] if lines else repr(exc))
-    reason = reason.removeprefix("FATAL:").strip()
+    reason = reason.rpartition("FATAL:")[2].strip()
     name = make_url(url).database
     if "does not exist" in reason and name:
         hint = f"create it (e.g. `createdb {name}`) or fix CLAMP_INDEX_DATABASE_URL"
