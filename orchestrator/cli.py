@@ -435,8 +435,9 @@ def worker(
     check_broker(settings)
     # Migrate and connect before consuming: a wrong database fails here, once.
     session_factory(settings.resolved_database_url())
-    if "encode" in queues.split(","):
-        # Load once before consuming: a missing model fails here, not on every task.
+    if "encode" in queues.split(",") and pool != "prefork":
+        # Load once before consuming: a missing model fails here, not on every task. Not
+        # before forking a prefork pool: CUDA must never be initialised before a fork.
         get_context(settings).encoder  # noqa: B018
     create_worker_app(settings).worker_main(
         [

@@ -114,7 +114,10 @@ def plan_ingest(
     skipped = scan_failures = removed = resumed = 0
     with session_scope(sessions) as session:
         job_id = job_state.create_job(
-            session, kind, {"paths": [str(Path(p).absolute()) for p in paths]}
+            session,
+            kind,
+            {"paths": [str(Path(p).absolute()) for p in paths]},
+            status=JobStatus.SCANNING,
         ).id
     if resume_dead_jobs:
         with session_scope(sessions) as session:
@@ -185,6 +188,7 @@ def plan_ingest(
         assert job is not None
         job.files_total = len(file_ids)
         job.files_skipped = skipped
+        job.status = JobStatus.RUNNING  # all its work is in the ledger: it may end now
         job_state.tally_job(session, job_id, removed=removed)
         job_state.refresh_job(session, job_id)
     return IngestPlan(job_id, len(file_ids), skipped, scan_failures, removed, resumed)
@@ -269,7 +273,7 @@ def wait_for(
         assert counts is not None
         if on_update is not None:
             on_update(counts)
-        if counts.finished or counts.status != JobStatus.RUNNING:
+        if counts.status in JobStatus.ENDED:
             return counts
         time.sleep(poll_s)
 

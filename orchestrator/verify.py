@@ -39,12 +39,15 @@ def verify(settings: Settings, repair: bool = False) -> VerifyReport:
     if collection is None:
         return VerifyReport(None, 0, 0, 0, 0, 0, None)
     version = store.collection_meta(collection).get("model_version")
+    # Points first, then the database: a worker upserts points before it commits their rows,
+    # so a point of an encode in flight is in the store but not yet in the database.
+    present = set(store.iter_ids(collection))
     with session_scope(ctx.sessions) as session:
         indexed = sinks.indexed_model_versions(session, collection)
+        in_flight = {point_id(pid) for pid in ledger.open_piece_keys(session)}
     by_point = {point_id(pid): pid for pid in indexed}
-    present = set(store.iter_ids(collection))
     missing = [pid for point, pid in by_point.items() if point not in present]
-    orphaned = sorted(present - by_point.keys())
+    orphaned = sorted(present - by_point.keys() - in_flight)
     stale = [pid for pid, model in indexed.items() if model != version and pid not in missing]
     report = VerifyReport(
         collection=collection,

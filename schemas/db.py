@@ -43,10 +43,15 @@ class PieceStatus:
 
 
 class JobStatus:
+    # Still recording its files: workers may already run its first batches, but it cannot
+    # be done before its scan is.
+    SCANNING = "scanning"
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
     INTERRUPTED = "interrupted"  # stopped by Ctrl-C / SIGTERM or a dead process; resumable
+
+    ENDED = (DONE, FAILED, INTERRUPTED)
 
 
 class WorkState:

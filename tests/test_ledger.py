@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from schemas.db import Job, WorkItem, WorkKind, WorkState, utcnow
-from workers import job_state, ledger
+from workers import job_state, ledger, sinks
 from workers.database import session_factory, session_scope
 
 PIECES = [f"piece-{i:03d}" for i in range(40)]
@@ -160,11 +160,14 @@ def test_wake_ups_go_to_queues_with_work_and_no_live_lease(
 ) -> None:
     job_id = new_job(sessions)
     with session_scope(sessions) as session:
-        assert ledger.queues_to_wake(session) == [("encode", job_id)]
+        assert ledger.queues_to_wake(session, 60) == [("encode", job_id)]
     assert claim(sessions, 10) is not None
     with session_scope(sessions) as session:
-        assert ledger.queues_to_wake(session) == []  # someone is on it
-    time.sleep(0.01)
+        assert ledger.queues_to_wake(session, 60) == []  # someone is on it
+    time.sleep(0.05)
+    with session_scope(sessions) as session:
+        # Work left waiting longer than the interval gets more hands.
+        assert ledger.queues_to_wake(session, 0.01) == [("encode", job_id)]
 
 
 def test_a_resumed_job_takes_over_dead_jobs_work(sessions: sessionmaker[Session]) -> None:
@@ -180,3 +183,41 @@ def test_a_resumed_job_takes_over_dead_jobs_work(sessions: sessionmaker[Session]
         assert ledger.open_counts(session, old) == {}
         old_job = session.get(Job, old)
         assert old_job is not None and old_job.status == "interrupted"
+
+
+def test_encode_results_never_overwrite_newer_piece_state(
+    sessions: sessionmaker[Session],
+) -> None:
+    """A piece re-parsed with other music, or deleted, while it was being encoded."""
+    from schemas.db import Piece, PieceStatus, SourceFile
+    from workers.abc import ParsedPiece, parse_abc_text
+
+    tunes = [p for p in parse_abc_text(TWO_TUNES) if isinstance(p, ParsedPiece)]
+    with session_scope(sessions) as session:
+        job_id = job_state.create_job(session, "test", {}).id
+        seen = sinks.FileSeen(uri="/catalog/two.abc", size=1, mtime=0.0, sha256="x")
+        [recorded] = sinks.record_files(session, job_id, [seen])
+        source = session.get(SourceFile, recorded.file_id)
+        ids, _ = sinks.upsert_pieces(
+            session, job_id=job_id, files=[sinks.ParsedFile(source, tunes)]
+        )
+        loaded = [piece for piece, _ in sinks.load_pieces(session, ids)]
+        session.expunge_all()
+    with session_scope(sessions) as session:  # meanwhile: one changed, one deleted
+        session.execute(update(Piece).where(Piece.id == ids[0]).values(content_sha256="new"))
+        session.execute(update(Piece).where(Piece.id == ids[1]).values(status=PieceStatus.DELETED))
+    with session_scope(sessions) as session:
+        marked, deleted = sinks.mark_indexed(
+            session, pieces=loaded, collection="c", model_version="v"
+        )
+    assert (marked, deleted) == ([], [ids[1]])
+    with session_scope(sessions) as session:
+        statuses = dict(session.execute(select(Piece.id, Piece.status)).all())
+    assert statuses == {ids[0]: PieceStatus.PARSED, ids[1]: PieceStatus.DELETED}
+    with session_scope(sessions) as session:
+        assert sinks.still_deleted(session, ids) == [ids[1]]
+
+
+TWO_TUNES = (
+    "X:1\nT:A\nM:4/4\nL:1/8\nK:G\n|:GABc dedB:|\n\nX:2\nT:B\nM:6/8\nL:1/8\nK:D\n|:dfa afd:|\n"
+)

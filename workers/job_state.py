@@ -26,8 +26,10 @@ from workers.errors import JobNotFoundError
 from workers.sinks import fail_pending_files, fail_piece, load_pieces, record_failure
 
 
-def create_job(session: Session, kind: str, params: dict[str, Any]) -> Job:
-    job = Job(kind=kind, status=JobStatus.RUNNING, params=params)
+def create_job(
+    session: Session, kind: str, params: dict[str, Any], status: str = JobStatus.RUNNING
+) -> Job:
+    job = Job(kind=kind, status=status, params=params)
     session.add(job)
     session.flush()
     return job
@@ -42,7 +44,7 @@ def take_over_dead_jobs(session: Session, job_id: int, max_solo_losses: int) -> 
     dead = list(
         session.scalars(
             select(Job.id).where(
-                Job.id != job_id, Job.status.in_([JobStatus.RUNNING, JobStatus.INTERRUPTED])
+                Job.id != job_id, Job.status.not_in([JobStatus.DONE, JobStatus.FAILED])
             )
         )
     )
@@ -54,7 +56,7 @@ def take_over_dead_jobs(session: Session, job_id: int, max_solo_losses: int) -> 
     moved = ledger.adopt(session, dead, job_id)
     session.execute(
         update(Job)
-        .where(Job.id.in_(dead), Job.status == JobStatus.RUNNING)
+        .where(Job.id.in_(dead), Job.status != JobStatus.INTERRUPTED)
         .values(status=JobStatus.INTERRUPTED, finished_at=utcnow())
     )
     return moved
@@ -77,7 +79,7 @@ def tally_job(
 
 def finish_job(session: Session, job_id: int, status: str) -> None:
     job = session.get(Job, job_id)
-    if job is not None and job.status == JobStatus.RUNNING:
+    if job is not None and job.status not in JobStatus.ENDED:
         job.status = status
         job.finished_at = utcnow()
 
@@ -128,22 +130,24 @@ def close_if_done(session: Session, job_id: int) -> bool:
     Cheap while work remains (one count of the job's open items), so every batch can call
     it; the full recount runs once, at the end.
     """
+    # Lock the job row first: two workers finishing its last two batches at once must not
+    # each see the other's work still open and both leave the job running.
+    _lock_job(session, job_id)
     if ledger.open_counts(session, job_id):
         return False
     return refresh_job(session, job_id).finished
 
 
-def refresh_job(session: Session, job_id: int) -> JobCounts:
-    """Recount a job from its rows (safe under concurrent workers) and close it when done."""
+def _lock_job(session: Session, job_id: int) -> Job | None:
     # FOR NO KEY UPDATE: rows that reference the job (pieces, work items) take KEY SHARE
     # locks on it, which a plain FOR UPDATE would wait on, deadlocking two workers.
-    job = session.get(
-        Job,
-        job_id,
-        with_for_update={"key_share": True}
-        if session.get_bind().dialect.name != "sqlite"
-        else None,
-    )
+    postgres = session.get_bind().dialect.name != "sqlite"
+    return session.get(Job, job_id, with_for_update={"key_share": True} if postgres else None)
+
+
+def refresh_job(session: Session, job_id: int) -> JobCounts:
+    """Recount a job from its rows (safe under concurrent workers) and close it when done."""
+    job = _lock_job(session, job_id)
     if job is None:
         raise JobNotFoundError(
             f"no job with id {job_id}: `clamp-index status` shows the latest job"

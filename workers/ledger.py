@@ -13,7 +13,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import and_, case, func, select, update
 from sqlalchemy.orm import Session
@@ -92,13 +93,30 @@ def claim(session: Session, queue: str, holder: str, limit: int, lease_s: float)
             open_on_queue, WorkItem.claim_limit.is_not(None)
         )
     )
-    picked = select(WorkItem.id).where(open_on_queue)
     if smallest is not None:
-        limit = min(limit, smallest)
-        picked = picked.where(WorkItem.claim_limit == smallest)
+        restricted = _claim_where(
+            session, open_on_queue & (WorkItem.claim_limit == smallest), holder, smallest, lease_s
+        )
+        if restricted is not None:
+            return Claim(restricted[0], queue, holder, restricted[1])
+        # Another worker holds that group right now: take ordinary work meanwhile.
+        open_on_queue = open_on_queue & WorkItem.claim_limit.is_(None)
+    taken = _claim_where(session, open_on_queue, holder, limit, lease_s)
+    return Claim(taken[0], queue, holder, taken[1]) if taken is not None else None
+
+
+def _claim_where(
+    session: Session, condition: Any, holder: str, limit: int, lease_s: float
+) -> tuple[str, list[ClaimedItem]] | None:
     # SKIP LOCKED lets concurrent claimers pass each other's rows (SQLite ignores it and
     # serialises writers instead).
-    picked = picked.order_by(WorkItem.id).limit(limit).with_for_update(skip_locked=True)
+    picked = (
+        select(WorkItem.id)
+        .where(condition)
+        .order_by(WorkItem.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
     token = uuid.uuid4().hex
     rows = session.execute(
         update(WorkItem)
@@ -128,8 +146,7 @@ def claim(session: Session, queue: str, holder: str, limit: int, lease_s: float)
         .values(batch_size=len(rows))
         .execution_options(synchronize_session=False)
     )
-    items = sorted((ClaimedItem(*row) for row in rows), key=lambda item: item.id)
-    return Claim(token=token, queue=queue, holder=holder, items=items)
+    return token, sorted((ClaimedItem(*row) for row in rows), key=lambda item: item.id)
 
 
 def has_pending(session: Session, queue: str) -> bool:
@@ -291,8 +308,9 @@ def stage_counts(session: Session, job_id: int) -> dict[str, dict[str, int]]:
     return counts
 
 
-def queues_to_wake(session: Session) -> list[tuple[str, int]]:
-    """(queue, job) pairs with pending work and no live lease on that queue."""
+def queues_to_wake(session: Session, stale_after_s: float) -> list[tuple[str, int]]:
+    """(queue, job) pairs to wake: pending work on a queue nobody drains, or work that has
+    waited longer than stale_after_s (a drainer may be stuck, or more workers could help)."""
     now = utcnow()
     busy = set(
         session.scalars(
@@ -302,11 +320,31 @@ def queues_to_wake(session: Session) -> list[tuple[str, int]]:
         )
     )
     pending = session.execute(
-        select(WorkItem.queue, WorkItem.job_id)
+        select(WorkItem.queue, WorkItem.job_id, func.min(WorkItem.created_at))
         .where(WorkItem.state == WorkState.PENDING)
-        .distinct()
+        .group_by(WorkItem.queue, WorkItem.job_id)
     ).all()
-    return sorted((queue, job_id) for queue, job_id in pending if queue not in busy)
+    stale = now - timedelta(seconds=stale_after_s)
+    return sorted(
+        (queue, job_id)
+        for queue, job_id, oldest in pending
+        if queue not in busy or _utc(oldest) < stale
+    )
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # SQLite drops the zone
+
+
+def open_piece_keys(session: Session) -> list[str]:
+    """Pieces with encode work pending or in progress (their points may not be final)."""
+    return list(
+        session.scalars(
+            select(WorkItem.item_key).where(
+                WorkItem.kind == WorkKind.ENCODE, WorkItem.state.in_(WorkState.OPEN)
+            )
+        )
+    )
 
 
 def adopt(session: Session, from_job_ids: Sequence[int], to_job_id: int) -> int:

@@ -31,7 +31,7 @@ from workers import job_state, ledger, stages
 from workers.database import session_scope
 from workers.errors import UserError
 from workers.runtime import WorkerContext
-from workers.vectors import VectorStoreError
+from workers.vectors import UNAVAILABLE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ class Runner:
                     expired_before=utcnow(),
                 )
                 job_state.record_given_up(session, lost, LEASE_EXPIRED)
-                return ledger.queues_to_wake(session)
+                return ledger.queues_to_wake(session, self.settings.reconcile_interval_s)
 
         return self.retrying(expire)
 
@@ -179,7 +179,7 @@ class Runner:
             raise
         except TRANSIENT_DB_ERRORS:
             raise  # the lease runs out on its own; the items are not to blame
-        except (UserError, VectorStoreError):
+        except (UserError, *UNAVAILABLE_ERRORS):
             # A setting or a service is wrong, not these items: hand them back untouched.
             self.retrying(lambda: self._release(claim))
             raise

@@ -366,19 +366,38 @@ def load_pieces(session: Session, piece_ids: Sequence[str]) -> list[tuple[Piece,
 
 def mark_indexed(
     session: Session, *, pieces: Iterable[Piece], collection: str, model_version: str
-) -> None:
+) -> tuple[list[str], list[str]]:
+    """Mark pieces indexed if they still wait with the music that was encoded.
+
+    Returns (ids marked, ids deleted meanwhile). A piece re-parsed with other music while
+    it was encoded keeps waiting for its new encode; one deleted meanwhile stays deleted
+    (the caller removes the point it just wrote).
+    """
+    encoded = {p.id: p.content_sha256 for p in pieces}
+    if not encoded:
+        return [], []
+    current = session.execute(
+        select(Piece.id, Piece.status, Piece.content_sha256)
+        .where(Piece.id.in_(list(encoded)))
+        .with_for_update(key_share=True)
+    ).all()
+    marked = [
+        pid for pid, status, sha in current if status == PieceStatus.PARSED and sha == encoded[pid]
+    ]
+    deleted = [pid for pid, status, _ in current if status == PieceStatus.DELETED]
+    now = utcnow()
     rows = [
         {
-            "piece_id": p.id,
+            "piece_id": pid,
             "collection": collection,
             "model_version": model_version,
-            "content_sha256": p.content_sha256,
-            "indexed_at": utcnow(),
+            "content_sha256": encoded[pid],
+            "indexed_at": now,
         }
-        for p in pieces
+        for pid in marked
     ]
     if not rows:
-        return
+        return marked, deleted
     stmt = dialect_insert(session, IndexState.__table__).values(rows)
     session.execute(
         stmt.on_conflict_do_update(
@@ -390,11 +409,8 @@ def mark_indexed(
             },
         )
     )
-    session.execute(
-        update(Piece)
-        .where(Piece.id.in_([r["piece_id"] for r in rows]))
-        .values(status=PieceStatus.INDEXED)
-    )
+    session.execute(update(Piece).where(Piece.id.in_(marked)).values(status=PieceStatus.INDEXED))
+    return marked, deleted
 
 
 def indexed_pieces_by_content(session: Session, collection: str, shas: set[str]) -> dict[str, str]:
@@ -482,6 +498,18 @@ def forget_for_reencode(
 
 def mark_piece_failed(session: Session, piece_id: str) -> None:
     session.execute(update(Piece).where(Piece.id == piece_id).values(status=PieceStatus.FAILED))
+
+
+def still_deleted(session: Session, piece_ids: Sequence[str]) -> list[str]:
+    """Those of the pieces that are (still) deleted: a tune may come back before its point
+    is removed, and then the point must stay."""
+    return list(
+        session.scalars(
+            select(Piece.id)
+            .where(Piece.id.in_(list(piece_ids)), Piece.status == PieceStatus.DELETED)
+            .with_for_update(key_share=True)
+        )
+    )
 
 
 def forget_index_state(session: Session, piece_ids: Sequence[str]) -> None:

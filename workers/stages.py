@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sqlalchemy import select
@@ -59,79 +60,86 @@ def parse_files(
 ) -> ParseOutcome:
     """Parse each file on its own: one bad file or tune never stops the others.
 
-    `finish` runs inside the same transaction, so the ledger records the work as done (and
-    queues what follows) exactly when the parse results commit.
+    Files are read and parsed before any write, so SQLite's write lock is held for the
+    short final transaction only, not while converters run. That transaction takes only
+    files still pending (another job may have parsed one meanwhile), and runs `finish`, so
+    the ledger records the work as done exactly when the parse results commit.
     """
-    n_pieces = n_failures = 0
-    # One transaction for the claim's files: a retry is harmless (pending files only).
-    marks: list[sinks.FileMark] = []
-    parsed: list[sinks.ParsedFile] = []
     with session_scope(ctx.sessions) as session:
         found = session.scalars(select(SourceFile).where(SourceFile.id.in_(list(file_ids))))
-        # A redelivered task finds its files handled already: only pending ones count.
         sources = [s for s in found if s.status == FileStatus.PENDING]
-        order = {file_id: i for i, file_id in enumerate(file_ids)}
-        sources.sort(key=lambda s: order[s.id])
-        # Earlier failures of these files are superseded by what this attempt finds.
-        sinks.resolve_failures(session, file_ids=[s.id for s in sources])
-        for source in sources:
-            file_id = source.id
-            try:
-                with time_limit(ctx.settings.parse_timeout_s, "reading and parsing this file"):
-                    data = read_source(Path(source.uri), ctx.settings.max_file_bytes)
-                    text, encoding, origin = read_as_abc(
-                        data, Path(source.uri).suffix, ctx.settings.parse_timeout_s
-                    )
-                    results = parse_abc_text(text)
-            except (
-                OSError,
-                FileTooLargeError,
-                AbcDecodeError,
-                ConversionError,
-                ItemTimeoutError,
-            ) as exc:
-                sinks.record_failure(
-                    session,
-                    job_id=job_id,
-                    file_id=file_id,
-                    uri=source.uri,
-                    stage=_failed_stage(exc),
-                    error_class=type(exc).__name__,
-                    message=_describe(exc),
+    order = {file_id: i for i, file_id in enumerate(file_ids)}
+    sources.sort(key=lambda s: order[s.id])
+    results = [_parse_one(ctx, source) for source in sources]
+    with session_scope(ctx.sessions) as session:
+        still_pending = set(
+            session.scalars(
+                select(SourceFile.id)
+                .where(
+                    SourceFile.id.in_([s.id for s in sources]),
+                    SourceFile.status == FileStatus.PENDING,
                 )
-                marks.append(sinks.FileMark(file_id, FileStatus.FAILED))
-                n_failures += 1
-                continue
-            good = [r for r in results if isinstance(r, ParsedPiece)]
-            for bad in (r for r in results if isinstance(r, PieceError)):
-                sinks.record_failure(
-                    session,
-                    job_id=job_id,
-                    file_id=file_id,
-                    uri=source.uri,
-                    stage="parse",
-                    error_class=bad.error_class,
-                    message=bad.message,
-                )
-                n_failures += 1
-            parsed.append(sinks.ParsedFile(source, good, origin))
-            marks.append(
-                sinks.FileMark(
-                    file_id,
-                    FileStatus.PARSED if good else FileStatus.FAILED,
-                    encoding=encoding,
-                    piece_count=len(good),
-                )
+                .with_for_update(key_share=True)
             )
-            n_pieces += len(good)
+        )
+        results = [r for r in results if r.mark.file_id in still_pending]
+        # Earlier failures of these files are superseded by what this attempt finds.
+        sinks.resolve_failures(session, file_ids=[r.mark.file_id for r in results])
+        for result in results:
+            for failure in result.failures:
+                sinks.record_failure(session, job_id=job_id, **failure)
+        parsed = [r.parsed for r in results if r.parsed is not None]
         to_encode, removed = sinks.upsert_pieces(session, job_id=job_id, files=parsed)
-        sinks.mark_files(session, marks)
+        sinks.mark_files(session, [r.mark for r in results])
         outcome = ParseOutcome(
-            to_encode=to_encode, removed=removed, pieces=n_pieces, failures=n_failures
+            to_encode=to_encode,
+            removed=removed,
+            pieces=sum(len(p.pieces) for p in parsed),
+            failures=sum(len(r.failures) for r in results),
         )
         if finish is not None:
             finish(session, outcome)
     return outcome
+
+
+@dataclass(frozen=True)
+class _FileResult:
+    mark: sinks.FileMark
+    parsed: sinks.ParsedFile | None
+    failures: list[dict[str, Any]]  # keyword arguments of sinks.record_failure
+
+
+def _parse_one(ctx: WorkerContext, source: SourceFile) -> _FileResult:
+    """Read, convert and parse one file; every problem becomes a failure, never a raise."""
+    where = {"file_id": source.id, "uri": source.uri}
+    try:
+        with time_limit(ctx.settings.parse_timeout_s, "reading and parsing this file"):
+            data = read_source(Path(source.uri), ctx.settings.max_file_bytes)
+            text, encoding, origin = read_as_abc(
+                data, Path(source.uri).suffix, ctx.settings.parse_timeout_s
+            )
+            results = parse_abc_text(text)
+    except (OSError, FileTooLargeError, AbcDecodeError, ConversionError, ItemTimeoutError) as exc:
+        failure = {
+            **where,
+            "stage": _failed_stage(exc),
+            "error_class": type(exc).__name__,
+            "message": _describe(exc),
+        }
+        return _FileResult(sinks.FileMark(source.id, FileStatus.FAILED), None, [failure])
+    good = [r for r in results if isinstance(r, ParsedPiece)]
+    failures = [
+        {**where, "stage": "parse", "error_class": bad.error_class, "message": bad.message}
+        for bad in results
+        if isinstance(bad, PieceError)
+    ]
+    mark = sinks.FileMark(
+        source.id,
+        FileStatus.PARSED if good else FileStatus.FAILED,
+        encoding=encoding,
+        piece_count=len(good),
+    )
+    return _FileResult(mark, sinks.ParsedFile(source, good, origin), failures)
 
 
 def read_as_abc(
@@ -223,7 +231,14 @@ def encode_pieces(
             failed_sha[sha] = exc
     if patches:
         encoded = encode_halving(encoder.encode_music, list(patches.values()))
-        vectors_by_sha.update(zip(patches, encoded, strict=True))
+        for sha, vector in zip(patches, encoded, strict=True):
+            if np.isfinite(vector).all() and np.any(vector):
+                vectors_by_sha[sha] = vector
+            else:  # one bad vector must fail its piece, not the store's whole batch
+                failed_sha[sha] = ValueError(
+                    "the model produced a non-finite or zero vector for this piece; with "
+                    "CLAMP_INDEX_PRECISION=fast on an fp16 GPU, try exact"
+                )
     ok_rows = [(p, uri) for p, uri in rows if p.content_sha256 in vectors_by_sha]
     bad_rows = [(p, uri) for p, uri in rows if p.content_sha256 in failed_sha]
     store = ctx.store
@@ -236,25 +251,26 @@ def encode_pieces(
             np.stack([vectors_by_sha[p.content_sha256] for p, _ in chunk]),
             [piece_payload(p, uri) for p, uri in chunk],
         )
-    outcome = EncodeOutcome(
-        indexed=[p.id for p, _ in ok_rows],
-        failures=len(bad_rows),
-        collection=collection,
-        fresh=frozenset(fresh) - {p.id for p, _ in bad_rows},
-    )
     with session_scope(ctx.sessions) as session:
         for piece, uri in bad_rows:
             exc = failed_sha[piece.content_sha256]
             sinks.fail_piece(session, piece_jobs[piece.id], piece, uri, exc, str(exc))
-        if ok_rows:
-            sinks.mark_indexed(
-                session,
-                pieces=[p for p, _ in ok_rows],
-                collection=collection,
-                model_version=encoder.manifest.version,
-            )
+        marked, deleted = sinks.mark_indexed(
+            session,
+            pieces=[p for p, _ in ok_rows],
+            collection=collection,
+            model_version=encoder.manifest.version,
+        )
+        outcome = EncodeOutcome(
+            indexed=marked,
+            failures=len(bad_rows),
+            collection=collection,
+            fresh=frozenset(fresh) - {p.id for p, _ in bad_rows},
+        )
         if finish is not None:
             finish(session, outcome)
+    if deleted:  # deleted while being encoded: the point just written must not answer
+        store.delete(collection, [point_id(pid) for pid in deleted])
     return outcome
 
 
@@ -304,11 +320,16 @@ def delete_points(
     piece_ids: Sequence[str],
     finish: Callable[[Session], None] | None = None,
 ) -> None:
-    """Remove the points of deleted pieces from the active collection."""
-    alias_target = ctx.store.resolve_alias(ctx.settings.collection_alias)
-    if alias_target is not None and piece_ids:
-        ctx.store.delete(alias_target, [point_id(p) for p in piece_ids])
+    """Remove the points of deleted pieces from the active collection.
+
+    Only pieces still deleted at commit time lose their point: a tune that came back (and
+    may be re-indexed already) keeps it.
+    """
     with session_scope(ctx.sessions) as session:
-        sinks.forget_index_state(session, piece_ids)
+        gone = sinks.still_deleted(session, piece_ids)
+        alias_target = ctx.store.resolve_alias(ctx.settings.collection_alias)
+        if alias_target is not None and gone:
+            ctx.store.delete(alias_target, [point_id(p) for p in gone])
+        sinks.forget_index_state(session, gone)
         if finish is not None:
             finish(session)

@@ -6,14 +6,16 @@ from workers.vectors.base import (
     Hit,
     SearchTuning,
     StoreLockedError,
+    StoreUnavailableError,
     VectorStore,
     VectorStoreError,
 )
 from workers.vectors.edge import EdgeVectorStore
 from workers.vectors.factory import open_vector_store
-from workers.vectors.server import QdrantServerStore
+from workers.vectors.server import UNAVAILABLE_ERRORS, QdrantServerStore
 
 __all__ = [
+    "UNAVAILABLE_ERRORS",
     "AliasRegistry",
     "CollectionNotFoundError",
     "EdgeVectorStore",
@@ -21,6 +23,7 @@ __all__ = [
     "QdrantServerStore",
     "SearchTuning",
     "StoreLockedError",
+    "StoreUnavailableError",
     "VectorStore",
     "VectorStoreError",
     "open_vector_store",

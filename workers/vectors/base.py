@@ -43,6 +43,10 @@ class VectorStoreError(RuntimeError):
     """Anything the vector store refuses or fails to do."""
 
 
+class StoreUnavailableError(VectorStoreError):
+    """The store cannot be reached right now (server down, timeout): not the data's fault."""
+
+
 class StoreLockedError(VectorStoreError, UserError):
     """Another process has the on-disk store open; only one opener is allowed."""
 

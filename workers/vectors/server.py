@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 from qdrant_client import QdrantClient, models
-from qdrant_client.http.exceptions import UnexpectedResponse
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from schemas.collection import CollectionSpec, PayloadType
 from workers.vectors.base import (
@@ -18,6 +18,7 @@ from workers.vectors.base import (
     Hit,
     SearchTuning,
     StoreLockedError,
+    StoreUnavailableError,
     VectorStoreError,
     check_batch,
     check_ids,
@@ -278,6 +279,8 @@ def _translated(name: str) -> Iterator[None]:
     """Map "no such collection" from the server (404) and local mode (ValueError) to ours."""
     try:
         yield
+    except ResponseHandlingException as exc:  # no answer at all: connection refused, timeout
+        raise StoreUnavailableError(f"the Qdrant server did not answer: {exc}") from exc
     except UnexpectedResponse as exc:
         if exc.status_code == 404:
             raise CollectionNotFoundError(f"no collection or alias {name!r}") from exc
@@ -298,3 +301,13 @@ def _qdrant_filter(filters: Mapping[str, Any] | None) -> models.Filter | None:
         else:
             must.append(models.FieldCondition(key=field_name, range=models.Range(**value)))
     return models.Filter(must=must) if must else None
+
+
+# What a worker treats as "the store is down" (hand the work back and retry later) rather
+# than as a problem with the items it holds: raised by any call, wrapped in _translated or not.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    StoreUnavailableError,
+    ResponseHandlingException,
+    ConnectionError,
+    TimeoutError,
+)
