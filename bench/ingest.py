@@ -60,11 +60,10 @@ def job_rate(settings: Any, job_id: int) -> tuple[int, float]:
 
     counts = jobs.job_counts(session_factory(settings.resolved_database_url()), job_id)
     assert counts is not None and counts.finished_at is not None, counts
-    created = counts.created_at
-    finished = counts.finished_at
-    if created.tzinfo is None:  # SQLite drops the zone; both are UTC
-        finished = finished.replace(tzinfo=None)
-    return counts.indexed, (finished - created).total_seconds()
+    from schemas.db import as_utc
+
+    seconds = (as_utc(counts.finished_at) - as_utc(counts.created_at)).total_seconds()
+    return counts.indexed, seconds
 
 
 def claim_sizes(settings: Any, job_ids: list[int]) -> float:

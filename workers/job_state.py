@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -19,6 +19,7 @@ from schemas.db import (
     PieceStatus,
     SourceFile,
     WorkKind,
+    as_utc,
     utcnow,
 )
 from workers import ledger
@@ -108,10 +109,8 @@ class JobCounts:
 
     def rate_and_eta(self) -> tuple[float, float | None]:
         """Pieces finished per second since the job began, and seconds left at that rate."""
-        created = self.created_at if self.created_at.tzinfo else self.created_at.replace(tzinfo=UTC)
-        end = self.finished_at or utcnow()
-        end = end if end.tzinfo else end.replace(tzinfo=UTC)
-        seconds = max((end - created).total_seconds(), 1e-6)
+        end = as_utc(self.finished_at or utcnow())
+        seconds = max((end - as_utc(self.created_at)).total_seconds(), 1e-6)
         done = self.pieces - self.pieces_pending
         rate = done / seconds
         left = self.pieces_pending + self.files_pending

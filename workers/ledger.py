@@ -13,13 +13,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, case, func, select, update
 from sqlalchemy.orm import Session
 
-from schemas.db import Piece, WorkItem, WorkKind, WorkState, utcnow
+from schemas.db import Piece, WorkItem, WorkKind, WorkState, as_utc, utcnow
 from workers.database import dialect_insert
 
 QUEUE_OF_KIND = {WorkKind.PARSE: "parse", WorkKind.ENCODE: "encode", WorkKind.DELETE: "encode"}
@@ -328,12 +328,8 @@ def queues_to_wake(session: Session, stale_after_s: float) -> list[tuple[str, in
     return sorted(
         (queue, job_id)
         for queue, job_id, oldest in pending
-        if queue not in busy or _utc(oldest) < stale
+        if queue not in busy or as_utc(oldest) < stale
     )
-
-
-def _utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # SQLite drops the zone
 
 
 def open_piece_keys(session: Session) -> list[str]:
