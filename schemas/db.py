@@ -1,4 +1,4 @@
-"""SQLAlchemy 2.0 tables: files, pieces, jobs, failures, index state, vector aliases."""
+"""SQLAlchemy 2.0 tables: files, pieces, jobs, work, failures, vectors, models, schedules."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -183,6 +184,15 @@ class IndexState(Base):
     __table_args__ = (Index("ix_index_state_collection_sha", "collection", "content_sha256"),)
 
 
+class CollectionState:
+    BUILDING = "building"  # a reindex is filling it; queries never see it
+    READY = "ready"  # complete; active when the alias names it, else a rollback target
+    FAILED = "failed"  # its reindex failed a check; never swapped in
+    REMOVED = "removed"  # dropped from the store by retention or by hand
+
+    LIVE = (BUILDING, READY)
+
+
 class VectorCollection(Base):
     """Every collection ever built and the model that filled it."""
 
@@ -194,6 +204,13 @@ class VectorCollection(Base):
     dim: Mapped[int] = mapped_column(Integer)
     meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # The registered model that fills it (None: the configured model, before the registry).
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"))
+    state: Mapped[str] = mapped_column(
+        String(16), default=CollectionState.READY, server_default=CollectionState.READY
+    )
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
+    activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class VectorAlias(Base):
@@ -244,3 +261,105 @@ class WorkItem(Base):
         Index("ix_work_items_job_state", "job_id", "state"),
         Index("ix_work_items_state_lease", "state", "lease_until"),
     )
+
+
+class ModelStatus:
+    CANDIDATE = "candidate"  # trained or registered, not serving
+    ACTIVE = "active"  # its collection answers queries
+    RETIRED = "retired"  # replaced or withdrawn; its files may be pruned
+    REJECTED = "rejected"  # lost the evaluation gate (the reason is in `notes`)
+
+
+class ModelRecord(Base):
+    """A model in the registry: where its files are, where it came from, how good it is."""
+
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)  # checkpoint directory every worker can read
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"))
+    status: Mapped[str] = mapped_column(String(16), default=ModelStatus.CANDIDATE)
+    # The catalogue the model saw: {"pieces": n, "sha256": hash of the sorted content hashes}.
+    data_snapshot: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    notes: Mapped[str | None] = mapped_column(Text)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_models_name_version"),)
+
+
+class Source(Base):
+    """A catalogue root that is rescanned incrementally on its schedule."""
+
+    __tablename__ = "sources"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    path: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ScheduleAction:
+    RESCAN = "rescan"  # ingest a source's root again (incremental)
+    REINDEX = "reindex"  # blue/green rebuild of the active collection
+    TRAIN = "train"  # retrain, gate, promote
+
+    ALL = (RESCAN, REINDEX, TRAIN)
+
+
+class Schedule(Base):
+    """When an action runs: every N seconds, on a cron line, or after N new pieces."""
+
+    __tablename__ = "schedules"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    action: Mapped[str] = mapped_column(String(16))
+    source_id: Mapped[int | None] = mapped_column(ForeignKey("sources.id", ondelete="CASCADE"))
+    every_s: Mapped[float | None] = mapped_column(Float)
+    cron: Mapped[str | None] = mapped_column(String(128))
+    after_pieces: Mapped[int | None] = mapped_column(Integer)
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    next_run_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_run_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
+class ScheduleRun(Base):
+    """One firing of a schedule; unique per slot, so two leaders can never both run it."""
+
+    __tablename__ = "schedule_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    schedule_id: Mapped[int] = mapped_column(ForeignKey("schedules.id", ondelete="CASCADE"))
+    slot_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    leader: Mapped[str] = mapped_column(String(128))
+    fencing_token: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (UniqueConstraint("schedule_id", "slot_at", name="uq_schedule_runs_slot"),)
+
+
+class LeaderLease(Base):
+    """Who leads a role (the scheduler) until when; the token grows at every change of hands."""
+
+    __tablename__ = "leader_leases"
+
+    role: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    fencing_token: Mapped[int] = mapped_column(Integer)
+    lease_until: Mapped[datetime] = mapped_column(DateTime(timezone=True))
