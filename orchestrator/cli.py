@@ -25,7 +25,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from orchestrator import jobs
+from orchestrator import cli_lifecycle, jobs
+from orchestrator.cli_options import DataDirOpt, FilterOpt, JsonOpt, TopKOpt
 from schemas.settings import Settings, load_settings
 from workers.database import require_existing, session_factory
 from workers.errors import UserError
@@ -38,19 +39,6 @@ app = typer.Typer(
 )
 out = Console()
 err = Console(stderr=True)
-
-DataDirOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir", help="State directory (default ./.clamp-index or CLAMP_INDEX_DATA_DIR)."
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
-TopKOpt = Annotated[int, typer.Option("-k", "--top-k", min=1, max=1000, help="Results to return.")]
-FilterOpt = Annotated[
-    list[str] | None,
-    typer.Option("--filter", "-f", help="Payload filter FIELD=VALUE (e.g. meter=6/8); repeatable."),
-]
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -559,9 +547,17 @@ def _one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
-for _command in app.registered_commands:
-    assert _command.callback is not None
-    _command.callback = _one_line_errors(_command.callback)
+def _wrap_commands(typer_app: typer.Typer) -> None:
+    for command in typer_app.registered_commands:
+        assert command.callback is not None
+        command.callback = _one_line_errors(command.callback)
+    for group in typer_app.registered_groups:
+        assert group.typer_instance is not None
+        _wrap_commands(group.typer_instance)
+
+
+cli_lifecycle.register(app)
+_wrap_commands(app)
 
 
 def main() -> None:

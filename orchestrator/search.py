@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,9 +15,12 @@ from workers import sinks
 from workers.abc import ParsedPiece, encode_patches, parse_abc_text
 from workers.database import session_scope
 from workers.errors import BadArgumentError, UserError
-from workers.runtime import WorkerContext, check_same_model
+from workers.runtime import WorkerContext
 from workers.sinks import piece_id_for
 from workers.stages import read_as_abc, read_source
+
+if TYPE_CHECKING:
+    from workers.clamp import ClampEncoder
 
 
 class EmptyIndexError(UserError, LookupError):
@@ -93,10 +96,16 @@ class SearchService:
             raise EmptyIndexError(
                 f"nothing is indexed yet under alias {alias!r}: run `clamp-index ingest PATH` first"
             )
-        check_same_model(
-            self.ctx.store.collection_meta(name), name, alias, self.ctx.encoder.manifest
-        )
+        self.ctx.refuse_unknown_model(name)
         return name
+
+    @property
+    def encoder(self) -> ClampEncoder:
+        """The model of the serving collection (queries must be in its vector space)."""
+        try:
+            return self.ctx.encoder_for(self.collection())
+        except EmptyIndexError:
+            return self.ctx.encoder  # classifying files needs no index
 
     def search_text(
         self, query: str, k: int = 10, filters: Mapping[str, Any] | None = None
@@ -104,7 +113,7 @@ class SearchService:
         if not query.strip():
             raise QueryInputError("the search text is empty")
         collection = self.collection()
-        vector = self.ctx.encoder.encode_texts([query])[0]
+        vector = self.ctx.encoder_for(collection).encode_texts([query])[0]
         return self._query(collection, vector, k, filters)
 
     def similar_abc(
@@ -122,7 +131,7 @@ class SearchService:
         self, piece: ParsedPiece, k: int = 10, filters: Mapping[str, Any] | None = None
     ) -> list[SearchHit]:
         collection = self.collection()
-        encoder = self.ctx.encoder
+        encoder = self.ctx.encoder_for(collection)
         patches = encode_patches(piece.music_text, encoder.patch_limit)
         vector = encoder.encode_music([patches])[0]
         return self._query(collection, vector, k, filters)
@@ -137,7 +146,7 @@ class SearchService:
     ) -> list[LabelResult]:
         """Zero-shot labels for every tune of the given files (indexed or not)."""
         prompts = label_prompts(labels, template)
-        encoder = self.ctx.encoder
+        encoder = self.encoder
         rows: list[tuple[str, str, int, str | None]] = []
         patches: list[np.ndarray] = []
         for path in paths:
@@ -176,7 +185,7 @@ class SearchService:
         prompts: Sequence[str],
     ) -> list[LabelResult]:
         names = [label.strip() for label in labels if label.strip()]
-        probs = zero_shot_scores(vectors, self.ctx.encoder.encode_texts(list(prompts)))
+        probs = zero_shot_scores(vectors, self.encoder.encode_texts(list(prompts)))
         return [
             LabelResult(
                 piece_id=pid,

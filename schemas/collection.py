@@ -31,16 +31,20 @@ def point_id(piece_id: str) -> str:
     return str(uuid.uuid5(POINT_NAMESPACE, piece_id))
 
 
-def collection_name(alias: str, model_name: str, model_version: str) -> str:
+def collection_name(
+    alias: str, model_name: str, model_version: str, build: int | None = None
+) -> str:
     """A store-safe collection name for one model's vectors behind an alias.
 
     Versions such as "0.1.0+734a6ea8" hold characters stores refuse, and a readable prefix
     alone could make two models collide, so the name ends in a hash of name and version.
+    A reindex adds its job number: rebuilding with the same model makes a new collection.
     """
     label = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{model_name}-{model_version}")
     label = re.sub(r"\.{2,}", ".", label).strip("-.")
     digest = hashlib.sha256(f"{model_name}\0{model_version}".encode()).hexdigest()[:8]
-    return f"{alias[:48]}--{label[:64]}-{digest}"
+    suffix = f"-b{build}" if build is not None else ""
+    return f"{alias[:48]}--{label[:56]}-{digest}{suffix}"
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,14 @@ class JobStatus:
     ENDED = (DONE, FAILED, INTERRUPTED)
 
 
+class JobKind:
+    INGEST = "ingest"
+    RETRY = "retry"
+    # Fills a new collection from the pieces in the database, then swaps the alias: it
+    # ends when the swap is done, not when its ledger work is.
+    REINDEX = "reindex"
+
+
 class WorkState:
     PENDING = "pending"
     LEASED = "leased"

@@ -105,6 +105,29 @@ class Settings(BaseSettings):
     crash_on_piece: str | None = Field(
         None, description="Test-only fault injection: the worker exits when encoding this piece."
     )
+    reindex_probes: int = Field(
+        16,
+        ge=0,
+        description="Pieces a reindex encodes again and queries before swapping: each must "
+        "come back first from the new collection.",
+    )
+    reindex_max_failures: int = Field(
+        0,
+        ge=0,
+        description="Pieces a reindex may fail to encode and still swap (they would be "
+        "missing from search until fixed).",
+    )
+    collections_keep: int = Field(
+        2,
+        ge=1,
+        description="Collections kept after a swap, the active one included: the rest are "
+        "deleted (2 = one rollback target).",
+    )
+    model_store_dir: Path | None = Field(
+        None,
+        description="Where registered and trained models are stored; every worker must be "
+        "able to read it (a shared volume). Unset = models/ in the data dir.",
+    )
     file_globs: list[str] = Field(
         default_factory=lambda: ["*.abc", "*.xml", "*.musicxml", "*.mxl", "*.mid", "*.midi"],
         description="Files a directory scan picks up (matched case-insensitively).",
@@ -122,6 +145,7 @@ class Settings(BaseSettings):
         "encode_claim_pieces",
         "crash_on_piece",
         "patch_budget",
+        "model_store_dir",
         mode="before",
     )
     @classmethod
@@ -141,6 +165,10 @@ class Settings(BaseSettings):
     @property
     def vectors_dir(self) -> Path:
         return self.data_dir / "vectors"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.model_store_dir or self.data_dir / "models"
 
 
 def load_settings(data_dir: Path | None = None) -> Settings:

@@ -14,11 +14,13 @@ from schemas.db import (
     Failure,
     FileStatus,
     Job,
+    JobKind,
     JobStatus,
     Piece,
     PieceStatus,
     SourceFile,
     WorkKind,
+    WorkState,
     as_utc,
     utcnow,
 )
@@ -45,7 +47,10 @@ def take_over_dead_jobs(session: Session, job_id: int, max_solo_losses: int) -> 
     dead = list(
         session.scalars(
             select(Job.id).where(
-                Job.id != job_id, Job.status.not_in([JobStatus.DONE, JobStatus.FAILED])
+                Job.id != job_id,
+                Job.status.not_in([JobStatus.DONE, JobStatus.FAILED]),
+                # A reindex's work targets its own collection: `clamp-index reindex` resumes it.
+                Job.kind != JobKind.REINDEX,
             )
         )
     )
@@ -174,13 +179,21 @@ def refresh_job(session: Session, job_id: int) -> JobCounts:
     files_pending = open_work.get(WorkKind.PARSE, 0)
     pieces_pending = open_work.get(WorkKind.ENCODE, 0)
     deletes_pending = open_work.get(WorkKind.DELETE, 0)
-    indexed = piece_counts.get(PieceStatus.INDEXED, 0)
-    piece_failed = piece_counts.get(PieceStatus.FAILED, 0)
+    stages = ledger.stage_counts(session, job_id)
+    if job.kind == JobKind.REINDEX:
+        # Its pieces belong to the ingests that made them: count its own ledger rows.
+        encode = stages.get(WorkKind.ENCODE, {})
+        indexed = encode.get(WorkState.DONE, 0) - failures
+        piece_failed = failures + encode.get(WorkState.FAILED, 0)
+    else:
+        indexed = piece_counts.get(PieceStatus.INDEXED, 0)
+        piece_failed = piece_counts.get(PieceStatus.FAILED, 0)
     job.files_failed = files_failed
     job.pieces_total = indexed + piece_failed + pieces_pending
     job.pieces_indexed = indexed
     job.pieces_failed = piece_failed
-    if job.status == JobStatus.RUNNING and not open_work:
+    closes_itself = job.kind != JobKind.REINDEX  # a reindex ends with its swap
+    if job.status == JobStatus.RUNNING and not open_work and closes_itself:
         job.status = JobStatus.DONE
         job.finished_at = utcnow()
     return JobCounts(
@@ -201,7 +214,7 @@ def refresh_job(session: Session, job_id: int) -> JobCounts:
         removed=job.pieces_removed,
         created_at=job.created_at,
         finished_at=job.finished_at,
-        stages=ledger.stage_counts(session, job_id),
+        stages=stages,
     )
 
 
@@ -221,8 +234,11 @@ def record_given_up(session: Session, lost: Sequence[ledger.LostItem], last_erro
         if item.kind == WorkKind.PARSE:
             fail_pending_files(session, item.job_id, [int(item.item_key)], error)
         elif item.kind == WorkKind.ENCODE:
-            for piece, uri in load_pieces(session, [item.item_key]):
-                fail_piece(session, item.job_id, piece, uri, error, reason)
+            job = session.get(Job, item.job_id)
+            # A reindex's poison piece still serves from the old collection: keep it live.
+            primary = job is None or job.kind != JobKind.REINDEX
+            for piece, uri in load_pieces(session, [item.item_key], primary=primary):
+                fail_piece(session, item.job_id, piece, uri, error, reason, primary=primary)
         else:
             record_failure(
                 session,

@@ -83,6 +83,31 @@ def enqueue(session: Session, job_id: int, work: Sequence[NewWork]) -> None:
     session.execute(stmt, rows)
 
 
+def reopen(session: Session, job_id: int, work: Sequence[NewWork]) -> None:
+    """Add work, or hand finished items of the same keys out again (a catch-up pass)."""
+    enqueue(session, job_id, work)
+    for kind in {w.kind for w in work}:
+        keys = [w.item_key for w in work if w.kind == kind]
+        for start in range(0, len(keys), 1000):
+            session.execute(
+                update(WorkItem)
+                .where(
+                    WorkItem.job_id == job_id,
+                    WorkItem.kind == kind,
+                    WorkItem.item_key.in_(keys[start : start + 1000]),
+                    WorkItem.state.not_in(WorkState.OPEN),
+                )
+                .values(
+                    state=WorkState.PENDING,
+                    holder=None,
+                    claim_token=None,
+                    lease_until=None,
+                    finished_at=None,
+                    last_error=None,
+                )
+            )
+
+
 def claim(session: Session, queue: str, holder: str, limit: int, lease_s: float) -> Claim | None:
     """Lease up to `limit` pending items of a queue; None when there is nothing to do."""
     open_on_queue = and_(WorkItem.queue == queue, WorkItem.state == WorkState.PENDING)

@@ -27,7 +27,7 @@ from tenacity import (
 )
 
 from schemas.db import WorkKind, utcnow
-from workers import job_state, ledger, stages
+from workers import blue_green, job_state, ledger, stages
 from workers.database import session_scope
 from workers.errors import UserError
 from workers.runtime import WorkerContext
@@ -164,7 +164,11 @@ class Runner:
                     expired_before=utcnow(),
                 )
                 job_state.record_given_up(session, lost, LEASE_EXPIRED)
-                return ledger.queues_to_wake(session, self.settings.reconcile_interval_s)
+                wake = ledger.queues_to_wake(session, self.settings.reconcile_interval_s)
+                # A reindex whose last finisher died before its next step: an encode
+                # drainer (which owns the store and the model) takes the step.
+                wake += [("encode", job_id) for job_id in blue_green.idle_reindexes(session)]
+                return wake
 
         return self.retrying(expire)
 
@@ -304,6 +308,28 @@ class Runner:
             # The embedded engine has no background optimizer: build the HNSW index once a
             # job's last batch is in (a no-op below the engine's indexing threshold).
             self.ctx.store.optimize(outcome.collection)
+        if finished:
+            self.advance_reindexes(finished)
+
+    def advance_reindexes(self, job_ids: list[int] | None = None) -> list[str]:
+        """Take the next step of reindexes whose queued work is done (all idle ones if None).
+
+        Returns their phases; one that queued catch-up work wakes the encode queue.
+        """
+        if job_ids is None:
+
+            def idle() -> list[int]:
+                with session_scope(self.ctx.sessions) as session:
+                    return blue_green.idle_reindexes(session)
+
+            job_ids = self.retrying(idle)
+        phases = []
+        for job_id in job_ids:
+            phase = self.retrying(lambda job_id=job_id: blue_green.advance(self.ctx, job_id))
+            if phase in (blue_green.BUILDING, blue_green.SWAPPED):
+                self._wake("encode", job_id)
+            phases.append(phase)
+        return phases
 
     def _delete(self, claim: ledger.Claim, items: list[ledger.ClaimedItem]) -> None:
         jobs = sorted({item.job_id for item in items})

@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from schemas.collection import CollectionSpec, collection_name
+from schemas.db import ModelStatus
 from schemas.settings import Settings
-from workers import sinks
+from workers import collection_rows, registry, sinks
 from workers.aliases import SqlAliasRegistry
 from workers.database import session_factory, session_scope
 from workers.errors import UserError
-from workers.vectors import VectorStore, open_vector_store
+from workers.vectors import CollectionNotFoundError, VectorStore, open_vector_store
 
 if TYPE_CHECKING:
     from workers.clamp import ClampEncoder, ModelManifest
@@ -39,17 +40,19 @@ def _store_key(settings: Settings) -> str:
     return f"edge:{settings.vectors_dir.resolve()}"
 
 
-def _encoder_key(settings: Settings) -> str:
-    fields = (
-        "model_dir",
-        "tokenizer_dir",
-        "device",
-        "precision",
-        "patch_budget",
-        "data_dir",
-        "long_piece",
+def _encoder_key(settings: Settings, model: ModelSource) -> str:
+    fields = ("device", "precision", "patch_budget", "long_piece", "torch_threads")
+    return repr(
+        [str(model.path), str(model.tokenizer_dir)] + [str(getattr(settings, f)) for f in fields]
     )
-    return repr([str(getattr(settings, f)) for f in fields])
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's files are: a checkpoint directory and, if separate, its tokenizer."""
+
+    path: Path
+    tokenizer_dir: Path | None = None
 
 
 # A store on disk admits one opener, and a model is loaded once: both are shared per process
@@ -78,33 +81,72 @@ class WorkerContext:
 
     @property
     def encoder(self) -> ClampEncoder:
-        key = _encoder_key(self.settings)
+        """The configured model (CLAMP_INDEX_MODEL_DIR, else the shipped one)."""
+        return self._load(ModelSource(model_dir_of(self.settings), self.settings.tokenizer_dir))
+
+    def encoder_for(self, collection: str) -> ClampEncoder:
+        """The model whose vectors fill `collection`: its registry entry, else the configured."""
+        source = self.model_of(collection)
+        if source is None:  # built before the registry: it must be the configured model
+            encoder = self.encoder
+            check_same_model(
+                self.store.collection_meta(collection),
+                collection,
+                self.settings.collection_alias,
+                encoder.manifest,
+            )
+            return encoder
+        return self._load(source)
+
+    def model_of(self, collection: str) -> ModelSource | None:
+        with self._models_lock:
+            if collection not in self._collection_models:
+                with session_scope(self.sessions) as session:
+                    self._collection_models[collection] = _registered_model(session, collection)
+            return self._collection_models[collection]
+
+    @cached_property
+    def _collection_models(self) -> dict[str, ModelSource | None]:
+        return {}  # a collection's model never changes: looked up once per process
+
+    @cached_property
+    def _models_lock(self) -> threading.Lock:
+        return threading.Lock()
+
+    def _load(self, model: ModelSource) -> ClampEncoder:
+        key = _encoder_key(self.settings, model)
         with _resources_lock:
             if key not in _encoders:
-                _encoders[key] = load_encoder(self.settings)
+                _encoders[key] = load_encoder(self.settings, model)
             return _encoders[key]
 
     def active_collection(self) -> str:
         """The alias's collection, created for the configured model on first use."""
-        manifest = self.encoder.manifest
         store = self.store
         alias = self.settings.collection_alias
         name = store.resolve_alias(alias)
         if name is not None:
-            check_same_model(store.collection_meta(name), name, alias, manifest)
+            self.refuse_unknown_model(name)
             return name
+        encoder = self.encoder
+        manifest = encoder.manifest
         name = collection_name(alias, manifest.name, manifest.version)
-        meta: dict[str, Any] = {
-            "model_name": manifest.name,
-            "model_version": manifest.version,
-            "model_kind": manifest.kind,
-            "dim": str(manifest.dim),
-            "max_patches": str(manifest.max_patches),
-            "precision": self.encoder.precision,
-            "long_piece": self.encoder.long_piece,
-        }
+        meta = collection_meta(manifest, encoder)
         store.create_collection(CollectionSpec(name=name, dim=manifest.dim, meta=meta))
         with session_scope(self.sessions) as session:
+            # The first model becomes the registry's active one, so that a later reindex,
+            # rollback or promotion knows which files made these vectors.
+            record = registry.register(
+                session,
+                name=manifest.name,
+                version=manifest.version,
+                kind=manifest.kind,
+                path=str(encoder.loaded.model_dir.resolve()),
+                status=ModelStatus.ACTIVE,
+                params=_tokenizer_param(self.settings.tokenizer_dir),
+            )
+            if record.status != ModelStatus.ACTIVE:
+                registry.make_active(session, record.id)
             sinks.register_collection(
                 session,
                 name=name,
@@ -112,9 +154,67 @@ class WorkerContext:
                 model_version=manifest.version,
                 dim=manifest.dim,
                 meta=meta,
+                model_id=record.id,
             )
+            collection_rows.mark_activated(session, name)
         store.set_alias(alias, name)
         return name
+
+    def ensure_collection(self, name: str) -> None:
+        """Create a collection a reindex planned (planners need not reach the store)."""
+        if self.store.collection_exists(name):
+            return
+        with session_scope(self.sessions) as session:
+            row = collection_rows.get(session, name)
+            if row is None:
+                raise CollectionNotFoundError(f"collection {name!r} is not in the database")
+            spec = CollectionSpec(name=name, dim=row.dim, meta=dict(row.meta))
+        self.store.create_collection(spec)
+
+    def refuse_unknown_model(self, collection: str) -> None:
+        """A configured model the registry never saw must not write into this collection."""
+        if self.model_of(collection) is None:
+            self.encoder_for(collection)  # built before the registry: same model or refused
+            return
+        if self.settings.model_dir is None:
+            return  # the registry decides which model serves
+        with session_scope(self.sessions) as session:
+            known = registry.by_path(session, str(self.settings.model_dir.resolve()))
+        if known is None:
+            check_same_model(
+                self.store.collection_meta(collection),
+                collection,
+                self.settings.collection_alias,
+                self.encoder.manifest,
+            )
+
+
+def collection_meta(manifest: ModelManifest, encoder: ClampEncoder) -> dict[str, Any]:
+    """What a collection records about the vectors in it."""
+    return {
+        "model_name": manifest.name,
+        "model_version": manifest.version,
+        "model_kind": manifest.kind,
+        "dim": str(manifest.dim),
+        "max_patches": str(manifest.max_patches),
+        "precision": encoder.precision,
+        "long_piece": encoder.long_piece,
+    }
+
+
+def _tokenizer_param(tokenizer_dir: Path | None) -> dict[str, Any]:
+    return {"tokenizer_dir": str(tokenizer_dir.resolve())} if tokenizer_dir else {}
+
+
+def _registered_model(session: Session, collection: str) -> ModelSource | None:
+    row = collection_rows.get(session, collection)
+    if row is None or row.model_id is None:
+        return None
+    record = registry.get(session, row.model_id)
+    if record is None:
+        return None
+    tokenizer = (record.params or {}).get("tokenizer_dir")
+    return ModelSource(Path(record.path), Path(tokenizer) if tokenizer else None)
 
 
 def check_same_model(meta: dict[str, str], name: str, alias: str, manifest: ModelManifest) -> None:
@@ -152,11 +252,13 @@ def default_patch_budget(device: str) -> int:
     return GPU_PATCH_BUDGET if device.startswith("cuda") else CPU_PATCH_BUDGET
 
 
-def load_encoder(settings: Settings) -> ClampEncoder:
+def load_encoder(settings: Settings, model: ModelSource | None = None) -> ClampEncoder:
     # torch is imported here, not at module import: the orchestrator stays torch-free.
     from workers.clamp import ClampEncoder, load_clamp
     from workers.clamp.encoder import bf16_supported, resolve_device
 
+    if model is None:
+        model = ModelSource(model_dir_of(settings), settings.tokenizer_dir)
     if settings.torch_threads:
         import torch
 
@@ -165,7 +267,7 @@ def load_encoder(settings: Settings) -> ClampEncoder:
     precision = settings.precision
     if precision == "auto":
         precision = "fast" if bf16_supported(device) else "exact"
-    loaded = load_clamp(model_dir_of(settings), settings.tokenizer_dir, device=device)
+    loaded = load_clamp(model.path, model.tokenizer_dir, device=device)
     return ClampEncoder(
         loaded,
         patch_budget=settings.patch_budget or default_patch_budget(device),

@@ -13,6 +13,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from schemas.db import (
+    CollectionState,
     Failure,
     FileStatus,
     IndexState,
@@ -353,25 +354,38 @@ def _unchanged_indexed(session: Session, rows: Sequence[dict[str, Any]]) -> set[
     return {pid for pid, sha in found if by_id.get(pid) == sha}
 
 
-def load_pieces(session: Session, piece_ids: Sequence[str]) -> list[tuple[Piece, str]]:
-    """Pieces still awaiting a vector, with their file's uri, in id order given."""
+def load_pieces(
+    session: Session, piece_ids: Sequence[str], *, primary: bool = True
+) -> list[tuple[Piece, str]]:
+    """Pieces still awaiting a vector, with their file's uri, in id order given.
+
+    For a secondary collection (a reindex) every live piece awaits one.
+    """
+    waiting = [PieceStatus.PARSED] if primary else [PieceStatus.PARSED, PieceStatus.INDEXED]
     rows = session.execute(
         select(Piece, SourceFile.uri)
         .join(SourceFile, SourceFile.id == Piece.file_id)
-        .where(Piece.id.in_(list(piece_ids)), Piece.status == PieceStatus.PARSED)
+        .where(Piece.id.in_(list(piece_ids)), Piece.status.in_(waiting))
     ).all()
     order = {pid: i for i, pid in enumerate(piece_ids)}
     return sorted(((p, uri) for p, uri in rows), key=lambda t: order[t[0].id])
 
 
 def mark_indexed(
-    session: Session, *, pieces: Iterable[Piece], collection: str, model_version: str
+    session: Session,
+    *,
+    pieces: Iterable[Piece],
+    collection: str,
+    model_version: str,
+    primary: bool = True,
 ) -> tuple[list[str], list[str]]:
     """Mark pieces indexed if they still wait with the music that was encoded.
 
     Returns (ids marked, ids deleted meanwhile). A piece re-parsed with other music while
     it was encoded keeps waiting for its new encode; one deleted meanwhile stays deleted
-    (the caller removes the point it just wrote).
+    (the caller removes the point it just wrote). A secondary collection (one a reindex is
+    building) records its row for any live piece with that music and leaves the piece's
+    status alone: the status belongs to the ingest that feeds the serving collection.
     """
     encoded = {p.id: p.content_sha256 for p in pieces}
     if not encoded:
@@ -381,9 +395,8 @@ def mark_indexed(
         .where(Piece.id.in_(list(encoded)))
         .with_for_update(key_share=True)
     ).all()
-    marked = [
-        pid for pid, status, sha in current if status == PieceStatus.PARSED and sha == encoded[pid]
-    ]
+    waiting = (PieceStatus.PARSED,) if primary else (PieceStatus.PARSED, PieceStatus.INDEXED)
+    marked = [pid for pid, status, sha in current if status in waiting and sha == encoded[pid]]
     deleted = [pid for pid, status, _ in current if status == PieceStatus.DELETED]
     now = utcnow()
     rows = [
@@ -409,7 +422,10 @@ def mark_indexed(
             },
         )
     )
-    session.execute(update(Piece).where(Piece.id.in_(marked)).values(status=PieceStatus.INDEXED))
+    if primary:
+        session.execute(
+            update(Piece).where(Piece.id.in_(marked)).values(status=PieceStatus.INDEXED)
+        )
     return marked, deleted
 
 
@@ -445,20 +461,32 @@ def fail_pending_files(
 
 
 def fail_piece(
-    session: Session, job_id: int, piece: Piece, uri: str, exc: BaseException, message: str
+    session: Session,
+    job_id: int,
+    piece: Piece,
+    uri: str,
+    exc: BaseException,
+    message: str,
+    *,
+    primary: bool = True,
 ) -> None:
-    """A piece that could not be encoded: a failures row, and the piece marked failed."""
+    """A piece that could not be encoded: a failures row, and the piece marked failed.
+
+    A secondary collection's failure (a reindex) leaves the piece as it is: the serving
+    collection still holds it, and the reindex refuses to swap while pieces are missing.
+    """
     record_failure(
         session,
         job_id=job_id,
         file_id=piece.file_id,
         piece_id=piece.id,
         uri=uri,
-        stage="encode",
+        stage="encode" if primary else "reindex",
         error_class=type(exc).__name__,
         message=message,
     )
-    mark_piece_failed(session, piece.id)
+    if primary:
+        mark_piece_failed(session, piece.id)
 
 
 def indexed_piece_rows(session: Session, collection: str) -> list[tuple[str, str, int, str | None]]:
@@ -525,6 +553,9 @@ def register_collection(
     model_version: str,
     dim: int,
     meta: dict[str, Any],
+    model_id: int | None = None,
+    state: str = CollectionState.READY,
+    job_id: int | None = None,
 ) -> None:
     stmt = dialect_insert(session, VectorCollection.__table__).values(
         name=name,
@@ -533,5 +564,8 @@ def register_collection(
         dim=dim,
         meta=meta,
         created_at=utcnow(),
+        model_id=model_id,
+        state=state,
+        job_id=job_id,
     )
     session.execute(stmt.on_conflict_do_nothing(index_elements=["name"]))

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from schemas.collection import point_id
 from schemas.db import FileStatus, Piece, SourceFile
-from workers import sinks
+from workers import collection_rows, sinks
 from workers.abc import (
     AbcDecodeError,
     ParsedPiece,
@@ -209,11 +209,16 @@ def encode_pieces(
     the outcome and runs `finish` (the ledger's completion), so work is only ever marked
     done after its vectors are stored.
     """
-    encoder = ctx.encoder
+    # Work for a named collection is a reindex filling it beside the serving one; work for
+    # none feeds whichever collection serves when it runs.
+    primary = collection is None
     collection = collection or ctx.active_collection()
+    if not primary:
+        ctx.ensure_collection(collection)
+    encoder = ctx.encoder_for(collection)
     piece_ids = list(piece_jobs)
     with session_scope(ctx.sessions) as session:
-        rows = sinks.load_pieces(session, piece_ids)
+        rows = sinks.load_pieces(session, piece_ids, primary=primary)
     vectors_by_sha = _known_vectors(ctx, collection, {p.content_sha256 for p, _ in rows})
     patches: dict[str, np.ndarray] = {}
     failed_sha: dict[str, Exception] = {}
@@ -254,12 +259,15 @@ def encode_pieces(
     with session_scope(ctx.sessions) as session:
         for piece, uri in bad_rows:
             exc = failed_sha[piece.content_sha256]
-            sinks.fail_piece(session, piece_jobs[piece.id], piece, uri, exc, str(exc))
+            sinks.fail_piece(
+                session, piece_jobs[piece.id], piece, uri, exc, str(exc), primary=primary
+            )
         marked, deleted = sinks.mark_indexed(
             session,
             pieces=[p for p, _ in ok_rows],
             collection=collection,
             model_version=encoder.manifest.version,
+            primary=primary,
         )
         outcome = EncodeOutcome(
             indexed=marked,
@@ -327,9 +335,15 @@ def delete_points(
     """
     with session_scope(ctx.sessions) as session:
         gone = sinks.still_deleted(session, piece_ids)
-        alias_target = ctx.store.resolve_alias(ctx.settings.collection_alias)
-        if alias_target is not None and gone:
-            ctx.store.delete(alias_target, [point_id(p) for p in gone])
+        if gone:
+            # The serving collection and any a reindex is building: a deleted tune must
+            # not come back with the next swap.
+            targets = set(collection_rows.live_names(session))
+            alias_target = ctx.store.resolve_alias(ctx.settings.collection_alias)
+            targets |= {alias_target} if alias_target else set()
+            for target in sorted(targets):
+                if ctx.store.collection_exists(target):
+                    ctx.store.delete(target, [point_id(p) for p in gone])
         sinks.forget_index_state(session, gone)
         if finish is not None:
             finish(session)

@@ -39,6 +39,8 @@ def create_worker_app(settings: Settings) -> Celery:
                 waker.wake(msg.queue, msg.job_id)
                 return
             if runner.drain(msg.queue, max_claims=1).claims == 0:
+                if msg.queue == "encode":
+                    runner.advance_reindexes()  # a reindex may be ready to check and swap
                 return
 
     def reconcile_forever() -> None:
