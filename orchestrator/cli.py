@@ -26,6 +26,7 @@ from rich.progress import (
 from rich.table import Table
 
 from orchestrator import jobs
+from orchestrator.cli_schedules import scheduler, schedules_app, sources_app
 from schemas.settings import Settings, load_settings
 from workers.database import require_existing, session_factory
 from workers.errors import UserError
@@ -559,9 +560,22 @@ def _one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
-for _command in app.registered_commands:
-    assert _command.callback is not None
-    _command.callback = _one_line_errors(_command.callback)
+app.add_typer(sources_app, name="sources")
+app.add_typer(schedules_app, name="schedules")
+app.command("scheduler")(scheduler)
+
+
+def _wrap_commands(group: typer.Typer) -> None:
+    """Give every command, in sub-apps too, the one-line error handling."""
+    for command in group.registered_commands:
+        assert command.callback is not None
+        command.callback = _one_line_errors(command.callback)
+    for sub in group.registered_groups:
+        assert sub.typer_instance is not None
+        _wrap_commands(sub.typer_instance)
+
+
+_wrap_commands(app)
 
 
 def main() -> None:
