@@ -27,8 +27,10 @@ from rich.table import Table
 
 from orchestrator import cli_lifecycle, jobs
 from orchestrator.cli_options import DataDirOpt, FilterOpt, JsonOpt, TopKOpt
-from schemas.settings import Settings, load_settings
-from workers.database import require_existing, session_factory
+from orchestrator.cli_options import command_settings as _settings
+from orchestrator.cli_schedules import scheduler, schedules_app, sources_app
+from schemas.settings import load_settings
+from workers.database import session_factory
 from workers.errors import UserError
 from workers.job_state import JobCounts
 
@@ -44,16 +46,6 @@ err = Console(stderr=True)
 def _fail(message: str, code: int = 1) -> typer.Exit:
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
-
-
-def _settings(data_dir: Path | None, *, writes: bool = False) -> Settings:
-    """Settings for a command; only commands that write may create the data dir."""
-    settings = load_settings(data_dir)
-    if writes:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    else:
-        require_existing(settings.resolved_database_url())
-    return settings
 
 
 def _counts_dict(c: JobCounts) -> dict[str, Any]:
@@ -547,13 +539,19 @@ def _one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
-def _wrap_commands(typer_app: typer.Typer) -> None:
-    for command in typer_app.registered_commands:
+app.add_typer(sources_app, name="sources")
+app.add_typer(schedules_app, name="schedules")
+app.command("scheduler")(scheduler)
+
+
+def _wrap_commands(group: typer.Typer) -> None:
+    """Give every command, in sub-apps too, the one-line error handling."""
+    for command in group.registered_commands:
         assert command.callback is not None
         command.callback = _one_line_errors(command.callback)
-    for group in typer_app.registered_groups:
-        assert group.typer_instance is not None
-        _wrap_commands(group.typer_instance)
+    for sub in group.registered_groups:
+        assert sub.typer_instance is not None
+        _wrap_commands(sub.typer_instance)
 
 
 cli_lifecycle.register(app)

@@ -317,8 +317,25 @@ class ScheduleAction:
     RESCAN = "rescan"  # ingest a source's root again (incremental)
     REINDEX = "reindex"  # blue/green rebuild of the active collection
     TRAIN = "train"  # retrain, gate, promote
+    # Runs nothing and records a run: checks that a scheduler deployment fires (and is what
+    # the leader-election tests schedule). Never implied: it must be asked for by name.
+    NOOP = "noop"
 
-    ALL = (RESCAN, REINDEX, TRAIN)
+    ALL = (RESCAN, REINDEX, TRAIN, NOOP)
+
+
+class RunStatus:
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    # Not run: the schedule's previous run was still going when this slot came due.
+    SKIPPED = "skipped"
+    # The process stopped (SIGTERM) before the action ended.
+    INTERRUPTED = "interrupted"
+    # Started by a leader that lost its lease before recording an end (it died or hung).
+    ABANDONED = "abandoned"
+
+    ENDED = (DONE, FAILED, SKIPPED, INTERRUPTED, ABANDONED)
 
 
 class Schedule(Base):
@@ -353,13 +370,17 @@ class ScheduleRun(Base):
     slot_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     leader: Mapped[str] = mapped_column(String(128))
     fencing_token: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16), default="running")
+    status: Mapped[str] = mapped_column(String(16), default=RunStatus.RUNNING)
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
     error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
-    __table_args__ = (UniqueConstraint("schedule_id", "slot_at", name="uq_schedule_runs_slot"),)
+    __table_args__ = (
+        UniqueConstraint("schedule_id", "slot_at", name="uq_schedule_runs_slot"),
+        # Each tick asks which schedules still have a run going.
+        Index("ix_schedule_runs_status", "status", "schedule_id"),
+    )
 
 
 class LeaderLease(Base):

@@ -128,6 +128,30 @@ class Settings(BaseSettings):
         description="Where registered and trained models are stored; every worker must be "
         "able to read it (a shared volume). Unset = models/ in the data dir.",
     )
+    scheduler_tick_s: float = Field(
+        5.0,
+        gt=0,
+        description="How often the scheduler renews its lease and re-reads the schedules "
+        "table (edits apply without a restart); a slot fires at most this late.",
+    )
+    scheduler_lease_s: float = Field(
+        30.0,
+        gt=0,
+        description="Scheduler leadership lease: if the leader dies, another scheduler takes "
+        "over this long after its last renewal. Must exceed twice the tick.",
+    )
+    scheduler_parallel: int = Field(
+        4,
+        ge=1,
+        description="Scheduled actions running at once in distributed mode (embedded mode "
+        "runs one at a time: its ingests share one store).",
+    )
+    scheduler_stop_grace_s: float = Field(
+        10.0,
+        ge=0,
+        description="On SIGTERM/Ctrl-C, how long the scheduler waits for running actions "
+        "before recording them interrupted and handing leadership over.",
+    )
     file_globs: list[str] = Field(
         default_factory=lambda: ["*.abc", "*.xml", "*.musicxml", "*.mxl", "*.mid", "*.midi"],
         description="Files a directory scan picks up (matched case-insensitively).",

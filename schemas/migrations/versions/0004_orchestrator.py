@@ -101,6 +101,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("schedule_id", "slot_at", name="uq_schedule_runs_slot"),
     )
+    op.create_index("ix_schedule_runs_status", "schedule_runs", ["status", "schedule_id"])
     op.create_table(
         "leader_leases",
         sa.Column("role", sa.String(length=64), nullable=False),
