@@ -54,11 +54,17 @@ def register(app: typer.Typer) -> None:
         )
 
     @app.command()
-    def rollback(data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
+    def rollback(
+        to: Annotated[
+            str | None, typer.Option("--to", help="Swap to this collection instead.")
+        ] = None,
+        data_dir: DataDirOpt = None,
+        as_json: JsonOpt = False,
+    ) -> None:
         """Swap the alias back to the collection that served before the current one."""
         from orchestrator.reindex import rollback as run_rollback
 
-        result = run_rollback(base._settings(data_dir))
+        result = run_rollback(base._settings(data_dir), to)
         if as_json:
             print_json(result.to_dict())
             return

@@ -262,19 +262,28 @@ class RollbackResult:
         return asdict(self)
 
 
-def rollback(settings: Settings) -> RollbackResult:
-    """Swap the alias back to the collection that served before the current one."""
+def rollback(settings: Settings, to: str | None = None) -> RollbackResult:
+    """Swap the alias back to the collection that served before the current one (or `to`)."""
     from workers.runtime import get_context
 
     ctx = get_context(settings)
     store = ctx.store
     current = store.resolve_alias(settings.collection_alias)
     with session_scope(ctx.sessions) as session:
-        target = collection_rows.rollback_target(session, current)
+        if to is not None:
+            target = collection_rows.get(session, to)
+            if target is None or target.state != CollectionState.READY or to == current:
+                raise UserError(
+                    f"{to!r} is not a complete collection other than the active one: "
+                    "`clamp-index collections` lists those you can swap to"
+                )
+        else:
+            target = collection_rows.rollback_target(session, current)
         if target is None or not store.collection_exists(target.name):
             raise UserError(
                 "no earlier collection to roll back to: `clamp-index collections` lists them "
-                f"(collections_keep={settings.collections_keep} keeps that many)"
+                f"(collections_keep={settings.collections_keep} keeps that many; "
+                "`clamp-index rollback --to NAME` swaps to any complete one)"
             )
         if _unfinished_reindex(session) is not None:
             raise UserError("a reindex is running: wait for it to end, then roll back")
