@@ -43,7 +43,7 @@ CLAMP_S: dict[str, int] = {
 
 def clamp_s_checkpoint(out_dir: Path) -> Path:
     """A CLaMP-S-size random checkpoint (written once; reused if already there)."""
-    from workers.clamp import write_random_checkpoint
+    from tests.support.random_checkpoint import write_random_checkpoint
 
     if (out_dir / "manifest.json").is_file():
         return out_dir

@@ -35,7 +35,7 @@ def random_unit(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
 
 def random_retrieval(n: int, dim: int) -> dict[str, float]:
     """Same metrics on random vectors; expected MRR is H_n / n, HR@10 is 10 / n."""
-    from orchestrator.training import retrieval_metrics
+    from orchestrator.training.eval import retrieval_metrics
 
     rng = np.random.default_rng(RANDOM_SEED)
     return retrieval_metrics(random_unit(n, dim, rng), random_unit(n, dim, rng))
@@ -43,7 +43,7 @@ def random_retrieval(n: int, dim: int) -> dict[str, float]:
 
 def wikimt_eval(encoder: Any, limit: int | None = None) -> dict[str, Any]:
     from bench.wikimt import first_tunes, load_entries
-    from orchestrator.training import retrieval_metrics, zero_shot
+    from orchestrator.training.eval import retrieval_metrics, zero_shot
     from workers.abc import encode_patches
 
     tunes = first_tunes(load_entries()[:limit])
@@ -72,8 +72,8 @@ def wikimt_eval(encoder: Any, limit: int | None = None) -> dict[str, Any]:
 
 
 def heldout_eval(encoder: Any, limit: int | None = None) -> dict[str, Any]:
-    from orchestrator.training import evaluate_heldout
-    from orchestrator.training_data import load_corpus, split_records
+    from orchestrator.training.data import load_corpus, split_records
+    from orchestrator.training.eval import evaluate_heldout
 
     _, heldout = split_records(load_corpus())
     if limit:

@@ -19,7 +19,7 @@ if str(REPO) not in sys.path:
 
 
 def write_heldout_tunes(out_dir: Path) -> int:
-    from orchestrator.training_data import iter_corpus, split_of
+    from orchestrator.training.data import iter_corpus, split_of
 
     by_source: dict[str, list[str]] = {}
     for piece, record in iter_corpus():

@@ -32,7 +32,7 @@ BEAMS = (16, 32, 64, 128, 256, 512)
 def catalog_vectors(encoder: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(catalog music vectors, held-out text queries, held-out music queries)."""
     from bench.wikimt import first_tunes, load_entries
-    from orchestrator.training_data import full_text, load_corpus, split_records
+    from orchestrator.training.data import full_text, load_corpus, split_records
     from workers.abc import encode_patches
 
     records = load_corpus()

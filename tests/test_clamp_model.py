@@ -10,13 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.support.random_checkpoint import write_random_checkpoint
 from workers.clamp import (
     CheckpointError,
     ClampConfig,
     ClampEncoder,
     ClampModel,
     load_clamp,
-    write_random_checkpoint,
 )
 from workers.clamp.encoder import plan_batches
 

@@ -19,7 +19,8 @@ import torch
 
 from tests.conftest import wikimt_entries
 from tests.reference_clamp import ReferenceClamp
-from workers.clamp import CheckpointError, ClampEncoder, load_clamp, write_random_checkpoint
+from tests.support.random_checkpoint import write_random_checkpoint
+from workers.clamp import CheckpointError, ClampEncoder, load_clamp
 
 PARITY_STD = 0.02
 EXACT_MIN_COSINE = 0.99999

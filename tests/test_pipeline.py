@@ -209,7 +209,7 @@ def test_identical_music_is_encoded_once(embedded_env: dict[str, str], tmp_path:
 def test_other_model_is_refused_and_job_still_ends(
     runner: CliRunner, embedded_env: dict[str, str], tmp_path: Path
 ) -> None:
-    from workers.clamp import write_random_checkpoint
+    from tests.support.random_checkpoint import write_random_checkpoint
 
     corpus = tmp_path / "c"
     corpus.mkdir()

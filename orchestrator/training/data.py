@@ -1,11 +1,9 @@
-"""Training pairs from music21's bundled ABC corpus: records, stable split, text dropout."""
+"""Training records: fields, split by content hash, text dropout; music21's ABC corpus reader."""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.util
-import json
 import random
 import re
 from collections import Counter
@@ -14,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from workers.abc import ParsedPiece, decode_abc_bytes, parse_abc_text
+from workers.abc import AbcHeader, ParsedPiece, decode_abc_bytes, parse_abc_text
 
 Split = Literal["train", "heldout"]
 
@@ -155,8 +153,10 @@ class TuneRecord:
     """One deduplicated tune with its metadata normalised into English words."""
 
     key_hash: str  # sha256 of the whitespace-free music text: dedup and split key
-    collection: str  # top folder under music21/corpus, e.g. "essenFolksong"
-    source: str  # path relative to the corpus folder
+    # Top folder under music21/corpus, e.g. "essenFolksong"; "" for catalogue pieces, whose
+    # folders say nothing a query would name.
+    collection: str
+    source: str  # path relative to the corpus folder, or the catalogue file's uri
     title: str | None
     composer: str | None
     places: tuple[str, ...]  # English place names, broadest first
@@ -259,10 +259,10 @@ def clean_title(title: str | None) -> str | None:
     return title or None
 
 
-def tempo_words(piece: ParsedPiece) -> tuple[str, ...]:
-    texts = [piece.header.tempo or "", *piece.header.extra.get("Q", [])]
+def tempo_words(header: AbcHeader) -> tuple[str, ...]:
+    texts = [header.tempo or "", *header.extra.get("Q", [])]
     # O'Neill's puts the tempo word into N: ("Very slow"), not into Q:.
-    texts += piece.header.extra.get("N", [])
+    texts += header.extra.get("N", [])
     found = _TEMPO_RE.findall(" ".join(texts).lower())
     return tuple(dict.fromkeys(found))
 
@@ -272,13 +272,15 @@ def content_key(music_text: str) -> str:
     return hashlib.sha256("".join(music_text.split()).encode("utf-8")).hexdigest()
 
 
-def record_from_piece(piece: ParsedPiece, collection: str, source: str) -> TuneRecord:
-    header = piece.header
+def record_from_header(
+    header: AbcHeader, music_text: str, patch_count: int, collection: str, source: str
+) -> TuneRecord:
+    """A tune's header fields normalised into English words; pure, so any reader can use it."""
     title = clean_title(header.title)
     rhythm, genre = normalise_rhythm(header.rhythm, header.title)
     key = parse_key(header.key)
     return TuneRecord(
-        key_hash=content_key(piece.music_text),
+        key_hash=content_key(music_text),
         collection=collection,
         source=source,
         title=title,
@@ -289,10 +291,14 @@ def record_from_piece(piece: ParsedPiece, collection: str, source: str) -> TuneR
         meter=normalise_meter(header.meter),
         tonic=key[0] if key else None,
         mode=key[1] if key else None,
-        tempo_words=tempo_words(piece),
-        music_text=piece.music_text,
-        patch_count=piece.patch_count,
+        tempo_words=tempo_words(header),
+        music_text=music_text,
+        patch_count=patch_count,
     )
+
+
+def record_from_piece(piece: ParsedPiece, collection: str, source: str) -> TuneRecord:
+    return record_from_header(piece.header, piece.music_text, piece.patch_count, collection, source)
 
 
 def iter_corpus(root: Path | None = None) -> Iterator[tuple[ParsedPiece, TuneRecord]]:
@@ -364,7 +370,8 @@ def text_fields(record: TuneRecord) -> dict[str, list[str]]:
         fields["mode"] = [f"{record.mode} mode", record.mode, f"in a {record.mode} key"]
     if record.tempo_words:
         fields["tempo"] = list(record.tempo_words)
-    fields["collection"] = [record.collection_name, f"from {record.collection_name}"]
+    if record.collection:
+        fields["collection"] = [record.collection_name, f"from {record.collection_name}"]
 
     # Phrases a user would type; they teach the projection how fields combine.
     phrases: list[str] = []
@@ -375,7 +382,7 @@ def text_fields(record: TuneRecord) -> dict[str, list[str]]:
         phrases.append(f"{_article(kind)} {kind} in {record.meter}")
     if record.places:
         phrases.append(f"{_article(kind)} {kind} from {record.places[0]}")
-    if record.rhythm and record.collection != "essenFolksong":
+    if record.rhythm and record.collection and record.collection != "essenFolksong":
         phrases.append(f"{_article(kind)} {kind} from {record.collection_name}")
     if phrases:
         fields["phrase"] = phrases
@@ -383,6 +390,11 @@ def text_fields(record: TuneRecord) -> dict[str, list[str]]:
 
 
 _SEPARATORS = (", ", ". ", "; ", " ", ", ")
+
+
+def has_text(record: TuneRecord) -> bool:
+    """Whether a record has any field to describe it: without one it cannot be a pair."""
+    return bool(text_fields(record))
 
 
 def sample_text(record: TuneRecord, rng: random.Random) -> str:
@@ -413,7 +425,8 @@ def full_text(record: TuneRecord) -> str:
     for extra in (record.composer, record.genre, ", ".join(record.tempo_words)):
         if extra:
             parts.append(extra)
-    parts.append(record.collection_name)
+    if record.collection:
+        parts.append(record.collection_name)
     return ". ".join(parts)
 
 
@@ -437,18 +450,3 @@ def corpus_stats(records: Sequence[TuneRecord]) -> dict[str, Any]:
         "patches_median": sorted(r.patch_count for r in records)[len(records) // 2],
         "patches_over_128": sum(r.patch_count > 128 for r in records),
     }
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--examples", type=int, default=0, help="print N dropout texts")
-    args = parser.parse_args()
-    records = load_corpus()
-    print(json.dumps(corpus_stats(records), indent=2, ensure_ascii=False))
-    rng = random.Random(0)
-    for record in rng.sample(records, min(args.examples, len(records))):
-        print(f"{full_text(record)!r}\n    -> {sample_text(record, rng)!r}")
-
-
-if __name__ == "__main__":
-    main()
