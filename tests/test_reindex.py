@@ -18,8 +18,8 @@ from orchestrator.search import SearchService
 from schemas.collection import point_id
 from schemas.db import CollectionState, Job, JobKind
 from tests.conftest import run_cli, settings_from_env
+from tests.support.random_checkpoint import write_random_checkpoint
 from workers import blue_green, collection_rows
-from workers.clamp import write_random_checkpoint
 from workers.database import session_scope
 from workers.runner import Runner
 from workers.runtime import close_contexts, get_context
