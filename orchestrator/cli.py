@@ -393,7 +393,8 @@ def retry(
 def worker(
     data_dir: DataDirOpt = None,
     queues: Annotated[
-        str, typer.Option(help="Comma-separated queues to consume.")
+        str,
+        typer.Option(help="Comma-separated queues to consume: parse, encode, train (GPU nodes)."),
     ] = "parse,encode",
     pool: Annotated[
         str,
@@ -419,7 +420,9 @@ def worker(
         # Load once before consuming: a missing model fails here, not on every task. Not
         # before forking a prefork pool: CUDA must never be initialised before a fork.
         get_context(settings).encoder  # noqa: B018
-    create_worker_app(settings).worker_main(
+    from orchestrator.lifecycle import work_handlers
+
+    create_worker_app(settings, work_handlers()).worker_main(
         [
             "worker",
             f"--queues={queues}",

@@ -92,6 +92,46 @@ def register(app: typer.Typer) -> None:
             )
         base.out.print(table)
 
+    @app.command()
+    def train(
+        from_model: Annotated[
+            str | None,
+            typer.Option("--from", help="Start from this model (default: the active one)."),
+        ] = None,
+        steps: Annotated[
+            int | None, typer.Option("--steps", min=1, help="Optimiser steps (train_steps).")
+        ] = None,
+        seed: Annotated[int, typer.Option("--seed")] = 0,
+        promote: Annotated[
+            bool,
+            typer.Option("--promote/--no-promote", help="Reindex with the model if it wins."),
+        ] = True,
+        data_dir: DataDirOpt = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Fine-tune on the catalogue's own pieces; promote only if it beats the active model."""
+        from orchestrator.lifecycle import retrain
+
+        settings = base._settings(data_dir)
+        with base._sigterm_interrupts():
+            result = retrain(
+                settings, from_model=from_model, steps=steps, seed=seed, promote=promote
+            )
+        if as_json:
+            print_json(result.to_dict())
+        else:
+            base.out.print(
+                f"train job {result.job_id}: {result.status}; candidate {result.candidate}: "
+                f"{result.reason or result.error}"
+            )
+            if result.reindex:
+                base.out.print(
+                    f"reindex job {result.reindex_job_id}: {result.reindex['status']} -> "
+                    f"{result.reindex['collection']}"
+                )
+        if result.status == "failed":
+            raise typer.Exit(1)
+
     models_app = typer.Typer(help="The model registry: list, show, register, promote, retire.")
     app.add_typer(models_app, name="models")
 

@@ -194,10 +194,15 @@ def plan_ingest(
     return IngestPlan(job_id, len(file_ids), skipped, scan_failures, removed, resumed)
 
 
-def wake_workers(sessions: sessionmaker[Session], job_id: int, waker: Waker) -> None:
+def wake_workers(
+    sessions: sessionmaker[Session],
+    job_id: int,
+    waker: Waker,
+    queues: Sequence[str] = ledger.QUEUES,
+) -> None:
     """Tell the workers the job has work; mark the job failed if the broker refuses."""
     try:
-        for queue in ledger.QUEUES:
+        for queue in queues:
             waker.wake(queue, job_id)
     except Exception as exc:
         with session_scope(sessions) as session:

@@ -66,6 +66,10 @@ class JobKind:
     # Fills a new collection from the pieces in the database, then swaps the alias: it
     # ends when the swap is done, not when its ledger work is.
     REINDEX = "reindex"
+    # Trains a candidate, gates it, and starts its reindex if it wins; ends by itself.
+    TRAIN = "train"
+
+    CLOSED_BY_HANDLER = (REINDEX, TRAIN)
 
 
 class WorkState:
@@ -83,6 +87,7 @@ class WorkKind:
     PARSE = "parse"  # item_key: source file id
     ENCODE = "encode"  # item_key: piece id
     DELETE = "delete"  # item_key: piece id whose point must go
+    TRAIN = "train"  # item_key: the train job's id (one item: the whole run, under a lease)
 
 
 class Job(Base):

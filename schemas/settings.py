@@ -152,6 +152,22 @@ class Settings(BaseSettings):
         description="On SIGTERM/Ctrl-C, how long the scheduler waits for running actions "
         "before recording them interrupted and handing leadership over.",
     )
+    train_steps: int = Field(
+        300, ge=1, description="Optimiser steps of a retraining run (`clamp-index train`)."
+    )
+    train_model_name: str = Field(
+        "clamp-index-catalogue", description="Registry name of models trained on the catalogue."
+    )
+    gate_mrr_margin: float = Field(
+        0.01,
+        description="A retrained candidate must beat the active model's text->music MRR on "
+        "the held-out tunes by this much to be promoted.",
+    )
+    gate_zero_shot_margin: float = Field(
+        0.0,
+        description="...and its zero-shot rhythm accuracy by this much, where the held-out "
+        "tunes carry two or more rhythm labels (0 = no worse).",
+    )
     file_globs: list[str] = Field(
         default_factory=lambda: ["*.abc", "*.xml", "*.musicxml", "*.mxl", "*.mid", "*.midi"],
         description="Files a directory scan picks up (matched case-insensitively).",

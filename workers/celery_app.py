@@ -11,6 +11,7 @@ from workers.errors import BrokerUnavailableError
 
 PARSE_QUEUE = "parse"
 ENCODE_QUEUE = "encode"
+TRAIN_QUEUE = "train"
 DRAIN_TASK = "clamp_index.drain"
 
 
@@ -28,7 +29,7 @@ def make_celery(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_connection_retry=True,
         broker_connection_max_retries=None,
-        task_queues=[Queue(PARSE_QUEUE), Queue(ENCODE_QUEUE)],
+        task_queues=[Queue(PARSE_QUEUE), Queue(ENCODE_QUEUE), Queue(TRAIN_QUEUE)],
         task_default_queue=PARSE_QUEUE,
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=False,

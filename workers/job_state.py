@@ -49,8 +49,9 @@ def take_over_dead_jobs(session: Session, job_id: int, max_solo_losses: int) -> 
             select(Job.id).where(
                 Job.id != job_id,
                 Job.status.not_in([JobStatus.DONE, JobStatus.FAILED]),
-                # A reindex's work targets its own collection: `clamp-index reindex` resumes it.
-                Job.kind != JobKind.REINDEX,
+                # A reindex's work targets its own collection (`clamp-index reindex` resumes
+                # it) and a train job's work needs the trainer: neither is an ingest's.
+                Job.kind.not_in(JobKind.CLOSED_BY_HANDLER),
             )
         )
     )
@@ -192,7 +193,7 @@ def refresh_job(session: Session, job_id: int) -> JobCounts:
     job.pieces_total = indexed + piece_failed + pieces_pending
     job.pieces_indexed = indexed
     job.pieces_failed = piece_failed
-    closes_itself = job.kind != JobKind.REINDEX  # a reindex ends with its swap
+    closes_itself = job.kind not in JobKind.CLOSED_BY_HANDLER  # e.g. a reindex: at its swap
     if job.status == JobStatus.RUNNING and not open_work and closes_itself:
         job.status = JobStatus.DONE
         job.finished_at = utcnow()
@@ -239,6 +240,11 @@ def record_given_up(session: Session, lost: Sequence[ledger.LostItem], last_erro
             primary = job is None or job.kind != JobKind.REINDEX
             for piece, uri in load_pieces(session, [item.item_key], primary=primary):
                 fail_piece(session, item.job_id, piece, uri, error, reason, primary=primary)
+        elif item.kind == WorkKind.TRAIN:
+            finish_job(session, item.job_id, JobStatus.FAILED)
+            job = session.get(Job, item.job_id)
+            if job is not None:
+                job.params = {**job.params, "error": reason}
         else:
             record_failure(
                 session,

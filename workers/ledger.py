@@ -22,8 +22,13 @@ from sqlalchemy.orm import Session
 from schemas.db import Piece, WorkItem, WorkKind, WorkState, as_utc, utcnow
 from workers.database import dialect_insert
 
-QUEUE_OF_KIND = {WorkKind.PARSE: "parse", WorkKind.ENCODE: "encode", WorkKind.DELETE: "encode"}
-QUEUES = ("parse", "encode")
+QUEUE_OF_KIND = {
+    WorkKind.PARSE: "parse",
+    WorkKind.ENCODE: "encode",
+    WorkKind.DELETE: "encode",
+    WorkKind.TRAIN: "train",  # a GPU node's worker takes it: `worker --queues encode,train`
+}
+QUEUES = ("parse", "encode")  # the queues of ingest work
 MAX_ERROR_CHARS = 2000
 
 

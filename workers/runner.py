@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -45,6 +45,8 @@ LEASE_EXPIRED = "its worker stopped renewing the lease (killed, or stalled) whil
 ProgressCallback = Callable[[str, int], None]
 # (queue, job id): tell the workers of a queue that it has work.
 WakeCallback = Callable[[str, int], None]
+# Runs one item of a kind the workers package does not know (training): (context, key).
+WorkHandler = Callable[[WorkerContext, int], None]
 
 
 class Interrupted(BaseException):
@@ -74,8 +76,11 @@ class Runner:
         wake: WakeCallback | None = None,
         on_progress: ProgressCallback | None = None,
         stop: threading.Event | None = None,
+        handlers: Mapping[str, WorkHandler] | None = None,
     ) -> None:
         self.ctx = ctx
+        # Work kinds run by code outside the workers package (training): handler(ctx, key).
+        self.handlers = dict(handlers or {})
         self.settings = ctx.settings
         self.holder = holder
         self.wake = wake
@@ -100,6 +105,8 @@ class Runner:
     def claim_size(self, queue: str) -> int:
         if queue == "parse":
             return self.settings.parse_claim_files
+        if queue not in ("encode",):
+            return 1  # one training run at a time
         if self.settings.encode_claim_pieces:
             return self.settings.encode_claim_pieces
         from workers.clamp.hardware import resolve_device
@@ -249,8 +256,10 @@ class Runner:
                 self._parse(claim, items)
             elif kind == WorkKind.ENCODE:
                 self._encode(claim, items, collection)
-            else:
+            elif kind == WorkKind.DELETE:
                 self._delete(claim, items)
+            else:
+                self._handle(claim, kind, items)
             if self.on_progress is not None:
                 self.on_progress(kind, len(items))
 
@@ -330,6 +339,21 @@ class Runner:
                 self._wake("encode", job_id)
             phases.append(phase)
         return phases
+
+    def _handle(self, claim: ledger.Claim, kind: str, items: list[ledger.ClaimedItem]) -> None:
+        handler = self.handlers.get(kind)
+        if handler is None:
+            # This process cannot run it (a worker started without the trainer): _run hands
+            # it back untouched.
+            raise UserError(f"this worker has no handler for {kind!r} work")
+        for item in items:
+            handler(self.ctx, int(item.item_key))
+
+        def complete() -> None:
+            with session_scope(self.ctx.sessions) as session:
+                ledger.complete(session, claim.token, [i.id for i in items])
+
+        self.retrying(complete)
 
     def _delete(self, claim: ledger.Claim, items: list[ledger.ClaimedItem]) -> None:
         jobs = sorted({item.job_id for item in items})

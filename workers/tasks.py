@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from celery import Celery, signals
@@ -13,7 +14,7 @@ from schemas.messages import WakeMessage
 from schemas.settings import Settings
 from workers.celery_app import DRAIN_TASK, CeleryWaker, make_celery
 from workers.database import dispose_engines_after_fork
-from workers.runner import Runner, holder_name
+from workers.runner import Runner, WorkHandler, holder_name
 from workers.runtime import get_context
 
 log = logging.getLogger(__name__)
@@ -23,12 +24,19 @@ log = logging.getLogger(__name__)
 DRAIN_BUDGET_S = 120.0
 
 
-def create_worker_app(settings: Settings) -> Celery:
-    """A Celery app whose tasks drain the ledger with these settings (nothing from os.environ)."""
+def create_worker_app(
+    settings: Settings, handlers: Mapping[str, WorkHandler] | None = None
+) -> Celery:
+    """A Celery app whose tasks drain the ledger with these settings (nothing from os.environ).
+
+    `handlers` run work kinds from outside this package (the `train` queue's training).
+    """
     app = make_celery(settings)
     waker = CeleryWaker(app)
     stop = threading.Event()
-    runner = Runner(get_context(settings), holder_name("worker"), wake=waker.wake, stop=stop)
+    runner = Runner(
+        get_context(settings), holder_name("worker"), wake=waker.wake, stop=stop, handlers=handlers
+    )
 
     @app.task(name=DRAIN_TASK)
     def drain(payload: dict[str, Any]) -> None:

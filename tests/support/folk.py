@@ -1,0 +1,29 @@
+"""Small folk corpora for tests, from music21's copy of Ryan's Mammoth Collection (1883)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+DANCES = ("jig", "reel", "hornpipe")
+
+
+def ryans_dir() -> Path:
+    import music21
+
+    return Path(music21.__file__).parent / "corpus" / "ryansMammoth"
+
+
+def copy_ryans_tunes(dest: Path, n: int, skip: int = 0) -> list[Path]:
+    """Copy n one-tune files whose R: is a common dance, in name order, after `skip`."""
+    dest.mkdir(parents=True, exist_ok=True)
+    chosen: list[Path] = []
+    for path in sorted(ryans_dir().glob("*.abc")):
+        match = re.search(r"^R:\s*(.+)$", path.read_text(encoding="latin-1"), re.M)
+        if match and match.group(1).strip().lower() in DANCES:
+            chosen.append(path)
+    picked = chosen[skip : skip + n]
+    if len(picked) < n:
+        raise ValueError(f"only {len(picked)} dance tunes after {skip}")
+    return [Path(shutil.copy(path, dest / path.name)) for path in picked]

@@ -1,0 +1,181 @@
+"""Retraining behind the gate, and one whole scheduled cycle, on a tiny model and corpus."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from orchestrator import jobs
+from orchestrator import schedule_store as store
+from orchestrator.lifecycle import gate, retrain
+from orchestrator.reindex import list_collections, rollback
+from orchestrator.scheduler import DEFAULT_ACTIONS, Scheduler
+from orchestrator.schedules import make_spec
+from orchestrator.search import SearchService
+from schemas.db import ModelStatus, RunStatus, ScheduleAction
+from tests.conftest import run_cli, settings_from_env
+from tests.support.folk import copy_ryans_tunes
+from workers.runtime import close_contexts, get_context
+
+pytestmark = pytest.mark.slow
+
+TUNES = 150
+
+
+@pytest.fixture()
+def folk(tmp_path: Path) -> Path:
+    root = tmp_path / "folk"
+    copy_ryans_tunes(root, TUNES)
+    return root
+
+
+def test_gate_needs_both_a_better_mrr_and_no_worse_zero_shot() -> None:
+    active = {"text_to_music_mrr": 0.30, "zero_shot_accuracy": 0.60}
+    assert gate(
+        {"text_to_music_mrr": 0.32, "zero_shot_accuracy": 0.60},
+        active,
+        mrr_margin=0.01,
+        zero_shot_margin=0.0,
+        heldout=20,
+    ).accepted
+    small = gate(
+        {"text_to_music_mrr": 0.305, "zero_shot_accuracy": 0.9},
+        active,
+        mrr_margin=0.01,
+        zero_shot_margin=0.0,
+        heldout=20,
+    )
+    assert not small.accepted and "gain +0.0050, needs +0.0100" in small.reason
+    worse = gate(
+        {"text_to_music_mrr": 0.5, "zero_shot_accuracy": 0.5},
+        active,
+        mrr_margin=0.01,
+        zero_shot_margin=0.0,
+        heldout=20,
+    )
+    assert not worse.accepted and "zero-shot accuracy 0.5000" in worse.reason
+    # Without labels among the held-out tunes only MRR decides.
+    assert gate(
+        {"text_to_music_mrr": 0.4}, {"text_to_music_mrr": 0.3}, mrr_margin=0.01,
+        zero_shot_margin=0.0, heldout=9,
+    ).accepted  # fmt: skip
+
+
+def test_a_rejected_candidate_changes_nothing(folk: Path, embedded_env: dict[str, str]) -> None:
+    settings = settings_from_env(embedded_env, gate_mrr_margin=1.0)
+    close_contexts()
+    try:
+        jobs.ingest(settings, [folk])
+        before = list_collections(settings)
+        result = retrain(settings, steps=20)
+        assert result.status == "done" and result.accepted is False
+        assert result.reason is not None and "needs +1.0000" in result.reason
+        assert result.reindex_job_id is None
+        assert [c.to_dict() for c in list_collections(settings)] == [c.to_dict() for c in before]
+    finally:
+        close_contexts()
+    shown = run_cli(["models", "show", str(result.candidate_id), "--json"], embedded_env)
+    model = json.loads(shown.stdout)
+    assert model["status"] == ModelStatus.REJECTED and model["notes"] == result.reason
+    # Identical music counts once in what the model saw.
+    assert model["parent_id"] == 1 and 140 <= model["data_snapshot"]["pieces"] <= TUNES
+    assert model["metrics"]["heldout"]["pieces"] >= 10
+    assert Path(model["path"]).is_dir()
+
+
+def test_train_command_accepts_a_better_model_and_swaps_to_it(
+    folk: Path, embedded_env: dict[str, str]
+) -> None:
+    assert run_cli(["ingest", str(folk)], embedded_env).returncode == 0
+    result = run_cli(["train", "--steps", "300", "--json"], embedded_env)
+    assert result.returncode == 0, result.stderr
+    trained = json.loads(result.stdout)
+    assert trained["accepted"] is True, trained["reason"]
+    gain = (
+        trained["gate"]["candidate"]["text_to_music_mrr"]
+        - trained["gate"]["active"]["text_to_music_mrr"]
+    )
+    assert gain >= 0.01
+    assert trained["reindex"]["status"] == "done"
+    listed = json.loads(run_cli(["models", "list", "--json"], embedded_env).stdout)
+    assert [(m["id"], m["status"]) for m in listed] == [(1, "retired"), (2, "active")]
+    assert listed[1]["parent_id"] == 1
+
+
+def test_one_scheduled_cycle_rescan_train_gate_reindex_swap_rollback(
+    folk: Path, embedded_env: dict[str, str], tmp_path: Path
+) -> None:
+    settings = settings_from_env(embedded_env, train_steps=300)
+    settings.data_dir.mkdir(parents=True)
+    new_tune = copy_ryans_tunes(tmp_path / "later", 1, skip=TUNES)[0]
+    clock = FakeClock(datetime.now(UTC))
+    close_contexts()
+    sched = Scheduler(settings, DEFAULT_ACTIONS, clock=clock)
+    timeline: dict[str, float] = {}
+    try:
+        store.add_source(sched.sessions, "folk", folk, make_spec(every="1h"), clock())
+        clock.advance(3600)
+        [first] = sched.run_once()
+        assert first.status == RunStatus.DONE, first.error
+        # Piece counts compare with rows the database stamps in real time.
+        created = datetime.now(UTC)
+        store.add_schedule(
+            sched.sessions, "retrain", ScheduleAction.TRAIN, make_spec(after_pieces=1), created
+        )
+        old = get_context(settings).store.resolve_alias(settings.collection_alias)
+
+        shutil.copy(new_tune, folk / new_tune.name)
+        clock.advance(3600)
+        started = time.monotonic()
+        [rescan] = sched.run_once()
+        timeline["rescan"] = time.monotonic() - started
+        assert rescan.schedule == "folk" and rescan.status == RunStatus.DONE, rescan.error
+        counts = jobs.job_counts(sched.sessions, rescan.job_id)
+        assert counts is not None and (counts.indexed, counts.skipped) == (1, TUNES)
+
+        clock.advance(1)
+        started = time.monotonic()
+        [trained] = sched.run_once()
+        timeline["train+gate+reindex+swap"] = time.monotonic() - started
+        assert trained.schedule == "retrain" and trained.status == RunStatus.DONE, trained.error
+        from orchestrator.lifecycle import retrain_result
+
+        outcome = retrain_result(sched.sessions, trained.job_id)
+        assert outcome.accepted is True, outcome.reason
+        assert outcome.reindex is not None and outcome.reindex["status"] == "done"
+        timeline["train"] = outcome.train_s or 0.0
+        timeline["gate"] = outcome.gate_s or 0.0
+        timeline["reindex+swap"] = outcome.reindex["seconds"]
+
+        ctx = get_context(settings)
+        active = ctx.store.resolve_alias(settings.collection_alias)
+        assert active == outcome.reindex["collection"] != old
+        hits = SearchService(ctx).similar_file(folk / new_tune.name, k=1)
+        assert Path(hits[0].source).name == new_tune.name
+        assert ctx.model_of(active) is not None
+        assert ctx.encoder_for(active).manifest.version == outcome.candidate.split(":", 1)[1]
+
+        back = rollback(settings)
+        assert back.active == old
+        assert get_context(settings).store.resolve_alias(settings.collection_alias) == old
+        hits = SearchService(get_context(settings)).similar_file(folk / new_tune.name, k=1)
+        assert Path(hits[0].source).name == new_tune.name  # the old collection has it too
+        print("cycle timeline (s):", json.dumps({k: round(v, 1) for k, v in timeline.items()}))
+    finally:
+        close_contexts()
+
+
+class FakeClock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
