@@ -19,7 +19,7 @@ class WakeMessage(TaskMessage):
     """
 
     v: Literal[1] = 1
-    queue: Literal["parse", "encode"]
+    queue: Literal["parse", "encode", "train"]
     job_id: int
 
 

@@ -110,11 +110,25 @@ def test_worker_commands_match_their_queues(services: dict[str, dict[str, Any]])
     parse = _command(services["parse-worker"])
     assert _queues(services["parse-worker"]) == "parse"
     assert parse[parse.index("--pool") + 1] == "prefork"
-    for name in ("encode-worker", "encode-worker-cpu"):
+    # The GPU node also trains; the CPU fallback only encodes.
+    expected = {"encode-worker": "encode,train", "encode-worker-cpu": "encode"}
+    for name, queues in expected.items():
         command = _command(services[name])
-        assert _queues(services[name]) == "encode"
+        assert _queues(services[name]) == queues
         # One model per process: a prefork pool would load it once per child.
         assert command[command.index("--pool") + 1] == "solo", name
+
+
+def test_the_scheduler_and_every_worker_share_the_model_store(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    assert _command(services["scheduler"]) == ["scheduler"]
+    assert "model-store" in (compose.get("volumes") or {})
+    for name in ("parse-worker", "encode-worker", "encode-worker-cpu", "scheduler", "cli"):
+        mounts = [str(v) for v in services[name]["volumes"]]
+        assert "model-store:/var/lib/clamp-index-models" in mounts, name
+        env = services[name]["environment"]
+        assert env["CLAMP_INDEX_MODEL_STORE_DIR"] == "/var/lib/clamp-index-models", name
 
 
 def test_catalogue_is_mounted_at_the_same_path_for_scanner_and_parsers(

@@ -84,6 +84,9 @@ class SmallGpuContext(WorkerContext):
     def encoder(self) -> Any:  # type: ignore[override]
         return OomEncoder(get_context(self.settings).encoder, self.limit)
 
+    def encoder_for(self, collection: str) -> Any:  # every collection's model on that GPU
+        return self.encoder
+
 
 def test_a_job_on_a_small_gpu_indexes_everything(
     embedded_env: dict[str, str], wikimt_dir: Path, tmp_path: Path

@@ -20,6 +20,7 @@ from workers.runtime import WorkerContext
 log = logging.getLogger(__name__)
 
 BUILDING = "building"  # bulk work and catch-up passes into the new collection
+SWAPPING = "swapping"  # checked and stamped; the alias switch is next
 SWAPPED = "swapped"  # the alias names it; catching up what the old one took meanwhile
 DONE = "done"
 FAILED = "failed"
@@ -109,68 +110,75 @@ def advance(ctx: WorkerContext, job_id: int) -> str:
     """Move a reindex whose queued work is finished one step on; returns its phase.
 
     Called by whoever drained its last batch (the embedded loop, or a worker) and by the
-    reconciler; the job row is locked for the step, so two callers never both swap.
+    reconciler. Each step locks the job row; the alias switch itself sits between two
+    transactions (the embedded store writes its alias row in a transaction of its own), and
+    a step interrupted there is finished by the next call: switching twice is harmless.
     """
-    settings = ctx.settings
     with session_scope(ctx.sessions) as session:
         job = session.get(Job, job_id, with_for_update=_row_lock(session))
         if job is None or job.kind != JobKind.REINDEX:
             return DONE
         phase = str(job.params.get("phase", BUILDING))
-        if job.status in JobStatus.ENDED:
-            return phase
-        if ledger.open_counts(session, job_id):
-            return phase  # still working
+        if job.status in JobStatus.ENDED or ledger.open_counts(session, job_id):
+            return phase  # over, or still working
         collection = reindex_target(job)
-        rounds = int(job.params.get("catch_up_rounds", 0))
-        if rounds >= MAX_CATCH_UP_ROUNDS:
-            reason = (
-                f"still missing pieces after {rounds} catch-up passes: the catalogue changes "
-                "faster than the reindex encodes; retry when ingests are quieter"
-            )
-            return _fail(session, job, collection, reason, None)
-        if catch_up(session, job_id, collection):
-            _set_params(job, catch_up_rounds=rounds + 1)
-            return phase  # more to encode first; its finisher calls again
-        if phase == SWAPPED:
-            _set_params(job, phase=DONE)
-            job_state.finish_job(session, job_id, JobStatus.DONE)
-            job_state.refresh_job(session, job_id)
-            log.info("reindex job %s done: %s serves", job_id, collection)
-            swapped = True
-        else:
-            swapped = False
-            failures = job_state.refresh_job(session, job_id).failed
-            check = check_collection(ctx, collection)
-            check.failures = failures
-            if failures > settings.reindex_max_failures or not check.passed:
-                if failures > settings.reindex_max_failures:
-                    reason = (
-                        f"{failures} pieces failed to encode with the new model (limit "
-                        f"{settings.reindex_max_failures}); `clamp-index failures --job "
-                        f"{job_id}` lists them"
-                    )
-                else:
-                    reason = _describe_failed_check(check)
-                return _fail(session, job, collection, reason, check)
-            previous = ctx.store.resolve_alias(settings.collection_alias)
-            ctx.store.set_alias(settings.collection_alias, collection)
-            collection_rows.mark_activated(session, collection)
+        if phase == BUILDING:
+            phase = _catch_up_or_check(ctx, session, job, collection)
+            if phase != SWAPPING:
+                return phase
+    if phase == SWAPPING:
+        ctx.store.set_alias(ctx.settings.collection_alias, collection)
+    with session_scope(ctx.sessions) as session:
+        job = session.get(Job, job_id, with_for_update=_row_lock(session))
+        assert job is not None
+        if job.status in JobStatus.ENDED:
+            return str(job.params.get("phase"))
+        if job.params.get("phase") == SWAPPING:
             model_id = job.params.get("model_id")
             if model_id is not None:
                 registry.make_active(session, int(model_id))
-            _set_params(job, phase=SWAPPED, check=check.to_dict(), previous=previous)
-            log.info("reindex job %s swapped %s -> %s", job_id, previous, collection)
-            # Encodes that reached the old collection while this step ran come over too.
-            if catch_up(session, job_id, collection):
-                return SWAPPED
-            _set_params(job, phase=DONE)
-            job_state.finish_job(session, job_id, JobStatus.DONE)
-            job_state.refresh_job(session, job_id)
-            swapped = True
-    if swapped:
-        apply_retention(ctx)
+            _set_params(job, phase=SWAPPED)
+            log.info("reindex job %s swapped %s -> %s", job_id, job.params["previous"], collection)
+        # Encodes that reached the old collection while the check ran come over too.
+        if catch_up(session, job_id, collection):
+            return SWAPPED
+        _set_params(job, phase=DONE)
+        job_state.finish_job(session, job_id, JobStatus.DONE)
+        job_state.refresh_job(session, job_id)
+        log.info("reindex job %s done: %s serves", job_id, collection)
+    apply_retention(ctx)
     return DONE
+
+
+def _catch_up_or_check(ctx: WorkerContext, session: Session, job: Job, collection: str) -> str:
+    """Queue what the new collection still lacks, or check it and mark it for the switch."""
+    settings = ctx.settings
+    rounds = int(job.params.get("catch_up_rounds", 0))
+    if rounds >= MAX_CATCH_UP_ROUNDS:
+        reason = (
+            f"still missing pieces after {rounds} catch-up passes: the catalogue changes "
+            "faster than the reindex encodes; retry when ingests are quieter"
+        )
+        return _fail(session, job, collection, reason, None)
+    if catch_up(session, job.id, collection):
+        _set_params(job, catch_up_rounds=rounds + 1)
+        return BUILDING  # more to encode first; its finisher calls again
+    failures = job_state.refresh_job(session, job.id).failed
+    check = check_collection(ctx, collection)
+    check.failures = failures
+    if failures > settings.reindex_max_failures:
+        reason = (
+            f"{failures} pieces failed to encode with the new model (limit "
+            f"{settings.reindex_max_failures}); `clamp-index failures --job {job.id}` lists them"
+        )
+        return _fail(session, job, collection, reason, check)
+    if not check.passed:
+        return _fail(session, job, collection, _describe_failed_check(check), check)
+    previous = ctx.store.resolve_alias(settings.collection_alias)
+    # Stamped before the switch: no query can reach it earlier than its stamp says.
+    collection_rows.mark_activated(session, collection)
+    _set_params(job, phase=SWAPPING, check=check.to_dict(), previous=previous)
+    return SWAPPING
 
 
 def _fail(session: Session, job: Job, collection: str, reason: str, check: SwapCheck | None) -> str:

@@ -238,7 +238,7 @@ def record_given_up(session: Session, lost: Sequence[ledger.LostItem], last_erro
             job = session.get(Job, item.job_id)
             # A reindex's poison piece still serves from the old collection: keep it live.
             primary = job is None or job.kind != JobKind.REINDEX
-            for piece, uri in load_pieces(session, [item.item_key], primary=primary):
+            for piece, uri in load_pieces(session, [item.item_key], any_live=not primary):
                 fail_piece(session, item.job_id, piece, uri, error, reason, primary=primary)
         elif item.kind == WorkKind.TRAIN:
             finish_job(session, item.job_id, JobStatus.FAILED)

@@ -355,13 +355,14 @@ def _unchanged_indexed(session: Session, rows: Sequence[dict[str, Any]]) -> set[
 
 
 def load_pieces(
-    session: Session, piece_ids: Sequence[str], *, primary: bool = True
+    session: Session, piece_ids: Sequence[str], *, any_live: bool = False
 ) -> list[tuple[Piece, str]]:
     """Pieces still awaiting a vector, with their file's uri, in id order given.
 
-    For a secondary collection (a reindex) every live piece awaits one.
+    `any_live`: work for a named collection (a reindex, a repair), which every live piece
+    awaits, indexed elsewhere or not.
     """
-    waiting = [PieceStatus.PARSED] if primary else [PieceStatus.PARSED, PieceStatus.INDEXED]
+    waiting = [PieceStatus.PARSED, PieceStatus.INDEXED] if any_live else [PieceStatus.PARSED]
     rows = session.execute(
         select(Piece, SourceFile.uri)
         .join(SourceFile, SourceFile.id == Piece.file_id)
@@ -377,15 +378,17 @@ def mark_indexed(
     pieces: Iterable[Piece],
     collection: str,
     model_version: str,
-    primary: bool = True,
+    any_live: bool = False,
+    set_status: bool = True,
 ) -> tuple[list[str], list[str]]:
     """Mark pieces indexed if they still wait with the music that was encoded.
 
     Returns (ids marked, ids deleted meanwhile). A piece re-parsed with other music while
     it was encoded keeps waiting for its new encode; one deleted meanwhile stays deleted
-    (the caller removes the point it just wrote). A secondary collection (one a reindex is
-    building) records its row for any live piece with that music and leaves the piece's
-    status alone: the status belongs to the ingest that feeds the serving collection.
+    (the caller removes the point it just wrote). `any_live`: work for a named collection,
+    which records its row for any live piece with that music. `set_status` is off for a
+    collection that does not serve (a reindex building one): a piece's status belongs to
+    the serving collection.
     """
     encoded = {p.id: p.content_sha256 for p in pieces}
     if not encoded:
@@ -395,7 +398,7 @@ def mark_indexed(
         .where(Piece.id.in_(list(encoded)))
         .with_for_update(key_share=True)
     ).all()
-    waiting = (PieceStatus.PARSED,) if primary else (PieceStatus.PARSED, PieceStatus.INDEXED)
+    waiting = (PieceStatus.PARSED, PieceStatus.INDEXED) if any_live else (PieceStatus.PARSED,)
     marked = [pid for pid, status, sha in current if status in waiting and sha == encoded[pid]]
     deleted = [pid for pid, status, _ in current if status == PieceStatus.DELETED]
     now = utcnow()
@@ -422,7 +425,7 @@ def mark_indexed(
             },
         )
     )
-    if primary:
+    if set_status:
         session.execute(
             update(Piece).where(Piece.id.in_(marked)).values(status=PieceStatus.INDEXED)
         )

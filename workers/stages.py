@@ -209,16 +209,17 @@ def encode_pieces(
     the outcome and runs `finish` (the ledger's completion), so work is only ever marked
     done after its vectors are stored.
     """
-    # Work for a named collection is a reindex filling it beside the serving one; work for
-    # none feeds whichever collection serves when it runs.
-    primary = collection is None
+    # Work for no collection feeds whichever serves when it runs. Work for a named one (a
+    # reindex, a repair) takes any live piece, and sets pieces' status only if it serves.
+    explicit = collection is not None
     collection = collection or ctx.active_collection()
-    if not primary:
+    if explicit:
         ctx.ensure_collection(collection)
+    serving = not explicit or ctx.store.resolve_alias(ctx.settings.collection_alias) == collection
     encoder = ctx.encoder_for(collection)
     piece_ids = list(piece_jobs)
     with session_scope(ctx.sessions) as session:
-        rows = sinks.load_pieces(session, piece_ids, primary=primary)
+        rows = sinks.load_pieces(session, piece_ids, any_live=explicit)
     vectors_by_sha = _known_vectors(ctx, collection, {p.content_sha256 for p, _ in rows})
     patches: dict[str, np.ndarray] = {}
     failed_sha: dict[str, Exception] = {}
@@ -260,14 +261,15 @@ def encode_pieces(
         for piece, uri in bad_rows:
             exc = failed_sha[piece.content_sha256]
             sinks.fail_piece(
-                session, piece_jobs[piece.id], piece, uri, exc, str(exc), primary=primary
+                session, piece_jobs[piece.id], piece, uri, exc, str(exc), primary=serving
             )
         marked, deleted = sinks.mark_indexed(
             session,
             pieces=[p for p, _ in ok_rows],
             collection=collection,
             model_version=encoder.manifest.version,
-            primary=primary,
+            any_live=explicit,
+            set_status=serving,
         )
         outcome = EncodeOutcome(
             indexed=marked,
