@@ -154,7 +154,9 @@ def add_source(
         source = Source(name=name, path=str(root), created_at=now)
         session.add(source)
         session.flush()
-        session.add(_new_schedule(name, ScheduleAction.RESCAN, spec, now, {}, source.id))
+        rescan = _new_schedule(name, ScheduleAction.RESCAN, spec, now, {}, source.id)
+        rescan.next_run_at = now  # a new catalogue root is scanned at once, then on its grid
+        session.add(rescan)
     return get_source(sessions, name)
 
 

@@ -14,7 +14,8 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -39,17 +40,12 @@ Action = Callable[[Settings, ScheduleView], int | None]
 # ---- the default actions ----
 
 
-def rescan(settings: Settings, schedule: ScheduleView) -> int | None:
-    """Ingest the source's root again: unchanged files are skipped, vanished ones removed.
-
-    Embedded: runs here, then closes the store so other commands (search) can open it
-    between rescans. Distributed: plans the job and wakes the workers, without waiting.
-    """
-    from orchestrator.jobs import ingest
-
-    assert schedule.source_path is not None, "a rescan schedule always has a source"
+@contextmanager
+def _store_released_after(settings: Settings) -> Iterator[None]:
+    """Embedded: close the store after an action, so other commands (search) can open it
+    between runs. Distributed actions never open it here."""
     try:
-        return ingest(settings, [Path(schedule.source_path)], wait=False).job_id
+        yield
     finally:
         if settings.embedded_queue:
             from workers.runtime import close_contexts
@@ -57,19 +53,32 @@ def rescan(settings: Settings, schedule: ScheduleView) -> int | None:
             close_contexts()
 
 
+def rescan(settings: Settings, schedule: ScheduleView) -> int | None:
+    """Ingest the source's root again: unchanged files are skipped, vanished ones removed.
+
+    Embedded: runs here. Distributed: plans the job and wakes the workers, without waiting.
+    """
+    from orchestrator.jobs import ingest
+
+    assert schedule.source_path is not None, "a rescan schedule always has a source"
+    with _store_released_after(settings):
+        return ingest(settings, [Path(schedule.source_path)], wait=False).job_id
+
+
 def reindex(settings: Settings, _schedule: ScheduleView) -> int | None:
-    """Blue/green rebuild of the active collection."""
-    # Imported when it runs: the reindex module is optional to this loop.
+    """Blue/green rebuild of the active collection (with the active model)."""
     from orchestrator.reindex import reindex as run_reindex
 
-    return _job_id_of(run_reindex(settings))
+    with _store_released_after(settings):
+        return _job_id_of(run_reindex(settings))
 
 
 def train(settings: Settings, _schedule: ScheduleView) -> int | None:
     """Retrain, gate and promote a model."""
     from orchestrator.lifecycle import retrain
 
-    return _job_id_of(retrain(settings))
+    with _store_released_after(settings):
+        return _job_id_of(retrain(settings))
 
 
 def noop(_settings: Settings, _schedule: ScheduleView) -> None:

@@ -127,9 +127,10 @@ def test_searches_during_a_reindex_never_fail_or_see_the_new_build(
             result = reindex(settings, str(second_model))
             # Keep searching a little after the swap: the new collection takes over.
             deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and sum(
-                name == result.collection for _, name, _ in list(seen)
-            ) < 20:
+            while (
+                time.monotonic() < deadline
+                and sum(name == result.collection for _, name, _ in list(seen)) < 20
+            ):
                 time.sleep(0.05)
         finally:
             stop.set()
