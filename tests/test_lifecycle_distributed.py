@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import CLI, REPO, run_cli, settings_from_env
 from tests.support.folk import copy_ryans_tunes
+from tests.support.random_checkpoint import write_random_checkpoint
 from workers.database import session_factory
 from workers.runtime import close_contexts, get_context
 
@@ -25,8 +26,11 @@ def test_worker_reindexes_and_trains_then_swaps(
 ) -> None:
     folk = tmp_path / "folk"
     copy_ryans_tunes(folk, TUNES)
+    # A tiny music encoder against the real MiniLM: training moves what the gate reads.
+    model = write_random_checkpoint(tmp_path / "tiny-minilm", text="minilm", seed=0)
     env = {
         **embedded_env,
+        "CLAMP_INDEX_MODEL_DIR": str(model),
         "CLAMP_INDEX_DATABASE_URL": postgres_url,
         "CLAMP_INDEX_BROKER_URL": redis_url,
         "CLAMP_INDEX_RECONCILE_INTERVAL_S": "2",

@@ -20,6 +20,7 @@ from orchestrator.search import SearchService
 from schemas.db import ModelStatus, RunStatus, ScheduleAction
 from tests.conftest import run_cli, settings_from_env
 from tests.support.folk import copy_ryans_tunes
+from tests.support.random_checkpoint import write_random_checkpoint
 from workers.runtime import close_contexts, get_context
 
 pytestmark = pytest.mark.slow
@@ -32,6 +33,20 @@ def folk(tmp_path: Path) -> Path:
     root = tmp_path / "folk"
     copy_ryans_tunes(root, TUNES)
     return root
+
+
+@pytest.fixture(scope="module")
+def minilm_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # A tiny random music encoder against the real MiniLM text tower: training then moves
+    # both metrics the gate reads (a random text tower would make zero-shot noise).
+    return write_random_checkpoint(
+        tmp_path_factory.mktemp("models") / "tiny-minilm", text="minilm", seed=0
+    )
+
+
+@pytest.fixture()
+def embedded_env(embedded_env: dict[str, str], minilm_tiny: Path) -> dict[str, str]:
+    return {**embedded_env, "CLAMP_INDEX_MODEL_DIR": str(minilm_tiny)}
 
 
 def test_gate_needs_both_a_better_mrr_and_no_worse_zero_shot() -> None:

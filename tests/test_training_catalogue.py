@@ -20,7 +20,7 @@ from orchestrator.training import (
     split_of,
     train_on_catalogue,
 )
-from orchestrator.training.data import full_text, text_fields
+from orchestrator.training.data import CATALOGUE_SALT, full_text, text_fields
 from orchestrator.training.loop import autocast_plan
 from orchestrator.training.run import prepare_records
 from workers.abc import ParsedPiece, encode_patches, parse_abc_text
@@ -42,7 +42,7 @@ DANCES = [
     ("hornpipe", "4/4", "A"),
     ("waltz", "3/4", "Em"),
 ]
-TUNES = 24  # 21 train, 3 held out (a reel, a waltz, a jig): pinned by the content split
+TUNES = 60  # 57 train, 3 held out (two of one dance, one of another): pinned by the split
 TINY = TrainConfig(
     hidden_size=32,
     num_layers=1,
@@ -114,7 +114,7 @@ def catalogue(tmp_path_factory: pytest.TempPathFactory) -> list[TuneRecord]:
 
 @pytest.fixture(scope="module")
 def heldout(catalogue: list[TuneRecord]) -> list[TuneRecord]:
-    return [r for r in catalogue if split_of(r.key_hash) == "heldout"]
+    return [r for r in catalogue if split_of(r.key_hash, CATALOGUE_SALT) == "heldout"]
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +135,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, catalogue: list[TuneRecord
 
 
 def test_records_from_pieces(catalogue: list[TuneRecord]) -> None:
-    # 24 tunes plus a copy of tune 0 (deduplicated); the deleted piece is not live.
+    # 60 tunes plus a copy of tune 0 (deduplicated); the deleted piece is not live.
     assert len(catalogue) == TUNES
     titles = {r.title for r in catalogue}
     # One copy of the duplicate survives (the first in piece id order).
@@ -147,7 +147,7 @@ def test_records_from_pieces(catalogue: list[TuneRecord]) -> None:
     # No music21 collection: no collection text, in dropout or in the held-out query.
     assert first.collection == "" and "collection" not in text_fields(first)
     assert full_text(first) == "Tune number 1. a reel in D major, 4/4 time, from Ireland"
-    assert sum(split_of(r.key_hash) == "heldout" for r in catalogue) == 3
+    assert sum(split_of(r.key_hash, CATALOGUE_SALT) == "heldout" for r in catalogue) == 3
 
 
 def test_prepared_records_ignore_input_order(catalogue: list[TuneRecord]) -> None:

@@ -8,6 +8,13 @@ from pydantic import BaseModel, Field
 class TrainConfig(BaseModel):
     """Everything that decides the trained weights; stored in the manifest."""
 
+    def split_salt_bytes(self) -> bytes:
+        from orchestrator.training.data import SPLIT_SALT
+
+        return self.split_salt.encode() if self.split_salt else SPLIT_SALT
+
+    # Salt of the held-out split ("" = the music21 corpus split of the shipped model).
+    split_salt: str = ""
     hidden_size: int = 256
     num_layers: int = 4
     num_heads: int = 4

@@ -18,6 +18,7 @@ Split = Literal["train", "heldout"]
 
 # Bump the salt only on purpose: it defines which tunes the shipped metrics were measured on.
 SPLIT_SALT = b"clamp-index/heldout/v1:"
+CATALOGUE_SALT = b"clamp-index/catalogue-heldout/v1:"
 HELDOUT_PERCENT = 10
 
 # Top-level folders of music21/corpus that hold ABC, with the names people know them by.
@@ -322,22 +323,25 @@ def load_corpus(root: Path | None = None) -> list[TuneRecord]:
     return [record for _, record in iter_corpus(root)]
 
 
-def split_of(key_hash: str) -> Split:
+def split_of(key_hash: str, salt: bytes = SPLIT_SALT) -> Split:
     """Held out iff a salted hash of the content falls in the first 10 of 100 buckets.
 
     Keyed by content alone, so a tune keeps its side across runs, machines, corpus
-    versions and file reorderings.
+    versions and file reorderings. Catalogue runs use their own salt (CATALOGUE_SALT): a
+    catalogue made of the shipped model's held-out tunes must still have tunes to train on.
     """
-    digest = hashlib.sha256(SPLIT_SALT + key_hash.encode("ascii")).digest()
+    digest = hashlib.sha256(salt + key_hash.encode("ascii")).digest()
     bucket = int.from_bytes(digest[:8], "big") % 100
     return "heldout" if bucket < HELDOUT_PERCENT else "train"
 
 
-def split_records(records: Iterable[TuneRecord]) -> tuple[list[TuneRecord], list[TuneRecord]]:
+def split_records(
+    records: Iterable[TuneRecord], salt: bytes = SPLIT_SALT
+) -> tuple[list[TuneRecord], list[TuneRecord]]:
     train: list[TuneRecord] = []
     heldout: list[TuneRecord] = []
     for record in records:
-        (heldout if split_of(record.key_hash) == "heldout" else train).append(record)
+        (heldout if split_of(record.key_hash, salt) == "heldout" else train).append(record)
     return train, heldout
 
 

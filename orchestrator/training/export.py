@@ -110,19 +110,19 @@ def set_metrics(model_dir: Path, metrics: dict[str, Any]) -> None:
     write_manifest(model_dir, manifest, {**manifest_data(model_dir), "metrics": metrics})
 
 
-def heldout_document(hashes: Sequence[str]) -> dict[str, Any]:
+def heldout_document(hashes: Sequence[str], salt: bytes = SPLIT_SALT) -> dict[str, Any]:
     """What heldout.json holds: the run's held-out tunes and the rule that chose them."""
     return {
         "key": "sha256 of the whitespace-free music text (orchestrator.training.content_key)",
         "split": SPLIT_RULE,
-        "salt": SPLIT_SALT.decode(),
+        "salt": salt.decode(),
         "percent": HELDOUT_PERCENT,
         "count": len(hashes),
         "hashes": sorted(hashes),
     }
 
 
-def write_heldout(model_dir: Path, hashes: Sequence[str]) -> Path:
+def write_heldout(model_dir: Path, hashes: Sequence[str], salt: bytes = SPLIT_SALT) -> Path:
     path = Path(model_dir) / HELDOUT_NAME
-    path.write_text(json.dumps(heldout_document(hashes), indent=2) + "\n")
+    path.write_text(json.dumps(heldout_document(hashes, salt), indent=2) + "\n")
     return path

@@ -156,7 +156,7 @@ def train(
         records = load_corpus()
     torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
-    train_set, heldout = split_records(records)
+    train_set, heldout = split_records(records, cfg.split_salt_bytes())
     if len(train_set) < 2:
         raise ValueError(f"need at least 2 training tunes after the split, got {len(train_set)}")
     start = fresh_start(cfg) if start is None else start

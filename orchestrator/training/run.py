@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict
 
 from orchestrator.training.catalogue import data_snapshot
 from orchestrator.training.config import TrainConfig
-from orchestrator.training.data import TuneRecord, has_text, split_records
+from orchestrator.training.data import CATALOGUE_SALT, TuneRecord, has_text, split_records
 from orchestrator.training.eval import evaluate_model
 from orchestrator.training.export import save_model, set_metrics, write_heldout
 from orchestrator.training.loop import Progress, train
@@ -62,6 +62,7 @@ def run_config(
             "max_steps": steps,
             "minutes": None,
             "seed": seed,
+            "split_salt": CATALOGUE_SALT.decode(),
             # A small catalogue must still make batches (length_batches drops short ones).
             "batch_size": min(base.batch_size, train_tunes),
         }
@@ -88,7 +89,7 @@ def train_on_catalogue(
     """
     started = time.monotonic()
     records = prepare_records(records)
-    train_set, heldout = split_records(records)
+    train_set, heldout = split_records(records, CATALOGUE_SALT)
     cfg = run_config(
         config or TrainConfig(),
         name=name,
@@ -136,7 +137,7 @@ def train_on_catalogue(
         text_encoder=BUNDLED_TEXT if bundled else MINILM_DESCRIPTION,
     )
     hashes = sorted(r.key_hash for r in heldout)
-    write_heldout(out_dir, hashes)
+    write_heldout(out_dir, hashes, CATALOGUE_SALT)
     metrics = evaluate_model(out_dir, heldout, device=target) if len(heldout) >= 2 else {}
     set_metrics(out_dir, {"heldout": metrics})
     params = {
