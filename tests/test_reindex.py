@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from orchestrator import jobs
-from orchestrator.reindex import reindex, rollback
+from orchestrator.reindex import list_collections, reindex, rollback
 from orchestrator.search import SearchService
 from schemas.collection import point_id
 from schemas.db import CollectionState, Job, JobKind
@@ -244,8 +244,18 @@ def test_a_build_that_fails_its_check_is_never_swapped_in(
         close_contexts()
 
 
-def test_reindex_progress_is_reported(corpus: Path, embedded_env: dict[str, str]) -> None:
-    settings = settings_from_env(embedded_env, encode_claim_pieces=10, encode_fill_wait_s=0)
+@pytest.mark.parametrize("store", ["embedded", "qdrant-api"])
+def test_reindex_progress_is_reported(
+    corpus: Path, embedded_env: dict[str, str], store: str, tmp_path: Path
+) -> None:
+    # qdrant-api: qdrant-client's local mode, which speaks the server's API (aliases by
+    # update_collection_aliases), as a Qdrant server deployment does.
+    settings = settings_from_env(
+        embedded_env,
+        encode_claim_pieces=10,
+        encode_fill_wait_s=0,
+        qdrant_path=tmp_path / "qdrant" if store == "qdrant-api" else None,
+    )
     close_contexts()
     try:
         jobs.ingest(settings, [corpus])
@@ -255,5 +265,9 @@ def test_reindex_progress_is_reported(corpus: Path, embedded_env: dict[str, str]
         assert result.status == "done" and result.pieces == TUNES
         assert updates and updates[-1] == 0 and max(updates) > 0
         assert time.monotonic() - started < 120
+        ctx = get_context(settings)
+        assert ctx.store.resolve_alias(settings.collection_alias) == result.collection
+        assert ctx.store.count(result.collection) == TUNES
+        assert [c.active for c in list_collections(settings)] == [False, True]
     finally:
         close_contexts()
