@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import CLI, REPO, run_cli, settings_from_env
+from tests.conftest import run_cli, settings_from_env
+from tests.faults import Worker
 from tests.support.folk import copy_ryans_tunes
 from tests.support.random_checkpoint import write_random_checkpoint
 from workers.database import session_factory
@@ -35,21 +34,13 @@ def test_worker_reindexes_and_trains_then_swaps(
         "CLAMP_INDEX_BROKER_URL": redis_url,
         "CLAMP_INDEX_RECONCILE_INTERVAL_S": "2",
     }
-    log_path = tmp_path / "worker.log"
-    log = log_path.open("w")
     # A GPU node's worker: it takes encode work and training runs.
-    worker = subprocess.Popen(
-        [str(CLI), "worker", "--queues", "parse,encode,train", "--loglevel", "WARNING"],
-        env=env,
-        cwd=REPO,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    worker = Worker(env, tmp_path / "worker.log", queues="parse,encode,train")
 
     def ok(*args: str) -> Any:
-        assert worker.poll() is None, log_path.read_text()
+        assert worker.alive(), worker.log()
         result = run_cli([*args, "--json"], env, timeout=900)
-        assert result.returncode == 0, result.stderr + log_path.read_text()
+        assert result.returncode == 0, result.stderr + worker.log()
         return json.loads(result.stdout)
 
     try:
@@ -63,13 +54,7 @@ def test_worker_reindexes_and_trains_then_swaps(
         follow = ok("status", "--job", str(trained["reindex_job_id"]))
         assert follow["status"] == "done", follow
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
-        log.close()
+        worker.stop()
 
     close_contexts()
     session_factory.cache_clear()
