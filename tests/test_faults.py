@@ -254,6 +254,10 @@ def test_a_poison_piece_becomes_one_failure(
     assert final.indexed == final.points == 40 - 1
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_sigint_then_the_same_command_resumes(
     embedded_env: dict[str, str], wikimt_dir: Path, tmp_path: Path
 ) -> None:
@@ -283,6 +287,9 @@ def test_sigint_then_the_same_command_resumes(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # As in a terminal: a suite started in the background (`cmd &`) inherits SIGINT
+        # ignored, and Python then never raises KeyboardInterrupt.
+        preexec_fn=_default_sigint,
     )
     try:
         wait_until(lambda: parsed_files() >= 300, 300, "300 files parsed", poll_s=0.05)
