@@ -212,7 +212,7 @@ def _train_gate_promote(settings: Settings, sessions: Any, job_id: int) -> None:
         if not decision.accepted:
             registry.set_status(session, candidate.id, ModelStatus.REJECTED, notes=decision.reason)
         candidate_id = candidate.id
-        _record(
+        job_state.record_params(
             session,
             job_id,
             candidate_id=candidate_id,
@@ -237,10 +237,12 @@ def _promote(settings: Settings, sessions: Any, job_id: int, candidate_id: int) 
         outcome = reindex(settings, str(candidate_id), wait=False)
     except ReindexFailedError as exc:
         with session_scope(sessions) as session:
-            _record(session, job_id, reindex_error=str(exc))
+            job_state.record_params(session, job_id, reindex_error=str(exc))
         return
     with session_scope(sessions) as session:
-        _record(session, job_id, reindex_job_id=outcome.job_id, reindex=outcome.to_dict())
+        job_state.record_params(
+            session, job_id, reindex_job_id=outcome.job_id, reindex=outcome.to_dict()
+        )
 
 
 def _base_model(session: Any, settings: Settings, ref: str | None) -> ModelRecord:
@@ -268,16 +270,10 @@ def _too_few(n: int) -> str:
     )
 
 
-def _record(session: Any, job_id: int, **values: Any) -> None:
-    job = session.get(Job, job_id)
-    if job is not None:
-        job.params = {**job.params, **values}
-
-
 def _finish(sessions: Any, job_id: int, status: str, error: str | None = None) -> None:
     with session_scope(sessions) as session:
         if error is not None:
-            _record(session, job_id, error=error)
+            job_state.record_params(session, job_id, error=error)
         job_state.finish_job(session, job_id, status)
 
 

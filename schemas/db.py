@@ -47,6 +47,9 @@ class PieceStatus:
     FAILED = "failed"
     DELETED = "deleted"
 
+    # A tune the catalogue holds: every serving or building collection must have it.
+    LIVE = (PARSED, INDEXED)
+
 
 class JobStatus:
     # Still recording its files: workers may already run its first batches, but it cannot

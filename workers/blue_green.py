@@ -137,12 +137,12 @@ def advance(ctx: WorkerContext, job_id: int) -> str:
             model_id = job.params.get("model_id")
             if model_id is not None:
                 registry.make_active(session, int(model_id))
-            _set_params(job, phase=SWAPPED)
+            job_state.record_params(session, job.id, phase=SWAPPED)
             log.info("reindex job %s swapped %s -> %s", job_id, job.params["previous"], collection)
         # Encodes that reached the old collection while the check ran come over too.
         if catch_up(session, job_id, collection):
             return SWAPPED
-        _set_params(job, phase=DONE)
+        job_state.record_params(session, job.id, phase=DONE)
         job_state.finish_job(session, job_id, JobStatus.DONE)
         job_state.refresh_job(session, job_id)
         log.info("reindex job %s done: %s serves", job_id, collection)
@@ -161,7 +161,7 @@ def _catch_up_or_check(ctx: WorkerContext, session: Session, job: Job, collectio
         )
         return _fail(session, job, collection, reason, None)
     if catch_up(session, job.id, collection):
-        _set_params(job, catch_up_rounds=rounds + 1)
+        job_state.record_params(session, job.id, catch_up_rounds=rounds + 1)
         return BUILDING  # more to encode first; its finisher calls again
     failures = job_state.refresh_job(session, job.id).failed
     check = check_collection(ctx, collection)
@@ -177,12 +177,16 @@ def _catch_up_or_check(ctx: WorkerContext, session: Session, job: Job, collectio
     previous = ctx.store.resolve_alias(settings.collection_alias)
     # Stamped before the switch: no query can reach it earlier than its stamp says.
     collection_rows.mark_activated(session, collection)
-    _set_params(job, phase=SWAPPING, check=check.to_dict(), previous=previous)
+    job_state.record_params(
+        session, job.id, phase=SWAPPING, check=check.to_dict(), previous=previous
+    )
     return SWAPPING
 
 
 def _fail(session: Session, job: Job, collection: str, reason: str, check: SwapCheck | None) -> str:
-    _set_params(job, phase=FAILED, check=check.to_dict() if check else None, error=reason)
+    job_state.record_params(
+        session, job.id, phase=FAILED, check=check.to_dict() if check else None, error=reason
+    )
     collection_rows.set_state(session, collection, CollectionState.FAILED)
     job_state.finish_job(session, job.id, JobStatus.FAILED)
     log.error("reindex job %s not swapped: %s", job.id, reason)
@@ -199,10 +203,6 @@ def _describe_failed_check(check: SwapCheck) -> str:
             f"for their own music (e.g. {check.probe_misses[0]})"
         )
     return "; ".join(parts) + "; the old collection keeps serving"
-
-
-def _set_params(job: Job, **values: Any) -> None:
-    job.params = {**job.params, **values}  # a new dict, so the JSON column is written
 
 
 def _row_lock(session: Session) -> dict[str, bool] | None:

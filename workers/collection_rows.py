@@ -16,7 +16,7 @@ from schemas.db import (
 )
 
 # Pieces a collection must hold: every tune that is parsed and not failed or deleted.
-LIVE_PIECE = Piece.status.in_([PieceStatus.PARSED, PieceStatus.INDEXED])
+LIVE_PIECE = Piece.status.in_(PieceStatus.LIVE)
 
 
 def get(session: Session, name: str) -> VectorCollection | None:

@@ -84,6 +84,13 @@ def tally_job(
     )
 
 
+def record_params(session: Session, job_id: int, **values: Any) -> None:
+    """Merge values into a job's params (a new dict, so the JSON column is written)."""
+    job = session.get(Job, job_id)
+    if job is not None:
+        job.params = {**job.params, **values}
+
+
 def finish_job(session: Session, job_id: int, status: str) -> None:
     job = session.get(Job, job_id)
     if job is not None and job.status not in JobStatus.ENDED:
@@ -242,9 +249,7 @@ def record_given_up(session: Session, lost: Sequence[ledger.LostItem], last_erro
                 fail_piece(session, item.job_id, piece, uri, error, reason, primary=primary)
         elif item.kind == WorkKind.TRAIN:
             finish_job(session, item.job_id, JobStatus.FAILED)
-            job = session.get(Job, item.job_id)
-            if job is not None:
-                job.params = {**job.params, "error": reason}
+            record_params(session, item.job_id, error=reason)
         else:
             record_failure(
                 session,

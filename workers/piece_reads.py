@@ -12,7 +12,6 @@ from schemas.db import Piece, PieceStatus, SourceFile
 
 # Pieces whose music is current: parsed (awaiting a vector) or indexed. Failed and deleted
 # pieces are not part of the catalogue.
-LIVE_STATUSES = (PieceStatus.PARSED, PieceStatus.INDEXED)
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,7 @@ def live_pieces(session: Session) -> list[PieceText]:
     rows = session.execute(
         select(Piece, SourceFile.uri)
         .join(SourceFile, SourceFile.id == Piece.file_id)
-        .where(Piece.status.in_(LIVE_STATUSES))
+        .where(Piece.status.in_(PieceStatus.LIVE))
         .order_by(Piece.id)
     )
     return [

@@ -362,7 +362,7 @@ def load_pieces(
     `any_live`: work for a named collection (a reindex, a repair), which every live piece
     awaits, indexed elsewhere or not.
     """
-    waiting = [PieceStatus.PARSED, PieceStatus.INDEXED] if any_live else [PieceStatus.PARSED]
+    waiting = PieceStatus.LIVE if any_live else (PieceStatus.PARSED,)
     rows = session.execute(
         select(Piece, SourceFile.uri)
         .join(SourceFile, SourceFile.id == Piece.file_id)
@@ -398,7 +398,7 @@ def mark_indexed(
         .where(Piece.id.in_(list(encoded)))
         .with_for_update(key_share=True)
     ).all()
-    waiting = (PieceStatus.PARSED, PieceStatus.INDEXED) if any_live else (PieceStatus.PARSED,)
+    waiting = PieceStatus.LIVE if any_live else (PieceStatus.PARSED,)
     marked = [pid for pid, status, sha in current if status in waiting and sha == encoded[pid]]
     deleted = [pid for pid, status, _ in current if status == PieceStatus.DELETED]
     now = utcnow()
