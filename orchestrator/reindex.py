@@ -23,6 +23,7 @@ from schemas.db import (
     ModelStatus,
     WorkKind,
 )
+from schemas.filters import FILTER_PAYLOAD_VERSION, FILTER_VERSION_META
 from schemas.settings import Settings
 from workers import blue_green, collection_rows, job_state, ledger, registry, sinks
 from workers.database import session_factory, session_scope
@@ -163,6 +164,7 @@ def plan_reindex(
         "max_patches": str(manifest["max_patches"]),
         "precision": settings.precision,
         "long_piece": settings.long_piece,
+        FILTER_VERSION_META: FILTER_PAYLOAD_VERSION,
     }
     sinks.register_collection(
         session,

@@ -8,21 +8,18 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Literal
 
+from schemas.filters import FILTER_PAYLOAD_INDEXES, PayloadType
+
 # Fixed forever: changing it would orphan every point already written.
 POINT_NAMESPACE = uuid.UUID("6f1c2b9e-4a57-5d2e-9c3b-1a0e7c5d8f42")
 
-PayloadType = Literal["keyword", "integer", "float", "text"]
-
-# Fields users filter on; each gets a payload index in both stores.
+# Fields queries filter on (exact ids, and the normalised copies people filter on through
+# schemas.filters); each gets a payload index in both stores.
 PAYLOAD_INDEXES: dict[str, PayloadType] = {
     "piece_id": "keyword",
     "source": "keyword",
-    "key": "keyword",
-    "meter": "keyword",
-    "rhythm": "keyword",
-    "composer": "keyword",
-    "origin": "keyword",
     "index_in_file": "integer",
+    **FILTER_PAYLOAD_INDEXES,
 }
 
 

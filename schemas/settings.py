@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -168,6 +168,22 @@ class Settings(BaseSettings):
         description="...and its zero-shot rhythm accuracy by this much, where the held-out "
         "tunes carry two or more rhythm labels (0 = no worse).",
     )
+    api_host: str = Field("127.0.0.1", description="`serve` listens here (0.0.0.0: all).")
+    api_port: int = Field(8765, ge=0, le=65535, description="`serve` port (0: any free one).")
+    api_token: SecretStr | None = Field(
+        None,
+        description="Bearer token the HTTP write endpoints (/ingest) require. Unset in "
+        "embedded mode: `serve` makes one and keeps it in the data dir for the CLI; unset "
+        "in distributed mode: writes are refused.",
+    )
+    api_max_upload_bytes: int = Field(
+        10 * 1024 * 1024, ge=1, description="Largest file an HTTP request may upload."
+    )
+    catalogue_roots: list[Path] = Field(
+        default_factory=list,
+        description="Folders whose files HTTP /ingest may read (JSON list); a path outside "
+        "all of them is refused. Empty: ingest by path over HTTP is off.",
+    )
     file_globs: list[str] = Field(
         default_factory=lambda: ["*.abc", "*.xml", "*.musicxml", "*.mxl", "*.mid", "*.midi"],
         description="Files a directory scan picks up (matched case-insensitively).",
@@ -186,6 +202,7 @@ class Settings(BaseSettings):
         "crash_on_piece",
         "patch_budget",
         "model_store_dir",
+        "api_token",
         mode="before",
     )
     @classmethod

@@ -50,7 +50,7 @@ def test_wikimt_ingest_counts_and_self_retrieval(
                 for p in parse_abc_text(path.read_text(encoding="utf-8"))
                 if isinstance(p, ParsedPiece)
             )
-            top = service.similar_piece(piece, k=1)[0]
+            top = service.similar_piece(piece, k=1).hits[0]
             # WikiMT holds a few tunes with identical music: any of them at rank 1 is right.
             if top.source != str(path) and sha_of[top.piece_id] != piece.content_sha256:
                 misses.append((path.name, top.source, top.score))

@@ -199,7 +199,7 @@ def test_identical_music_is_encoded_once(embedded_env: dict[str, str], tmp_path:
             assert counts is not None and counts.indexed == 2
         assert encoded == [2, 0]
         assert ctx.store.count(ctx.active_collection()) == 4
-        hits = SearchService(ctx).similar_abc(JIG, k=4)
+        hits = SearchService(ctx).similar_abc(JIG, k=4).hits
         exact = sorted(h.title or "" for h in hits if h.score > 0.9999)
         assert exact == ["Kesh Jig", "Kesh Jig", "The Kesh"]
     finally:
@@ -274,16 +274,16 @@ def test_classify_files_and_indexed_agree(runner: CliRunner, tmp_path: Path) -> 
     )
     from_index = invoke_json(runner, "classify", "--indexed", "--labels", labels)
     assert len(from_files) == len(from_index) == 3
-    assert {"piece_id", "source", "title", "label", "scores"} <= set(from_files[0])
+    assert {"piece_id", "source", "title", "label", "probabilities"} <= set(from_files[0])
     by_id = {r["piece_id"]: r for r in from_index}
     for r in from_files:
-        assert set(r["scores"]) == {"jig", "reel", "waltz"}
-        assert sum(r["scores"].values()) == pytest.approx(1.0, abs=1e-4)
-        assert r["label"] == max(r["scores"], key=r["scores"].get)
+        assert set(r["probabilities"]) == {"jig", "reel", "waltz"}
+        assert sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert r["label"] == max(r["probabilities"], key=r["probabilities"].get)
         indexed = by_id[r["piece_id"]]  # same piece ids whether indexed or read from disk
         assert indexed["label"] == r["label"]
-        for name, p in r["scores"].items():
-            assert indexed["scores"][name] == pytest.approx(p, abs=1e-3)
+        for name, p in r["probabilities"].items():
+            assert indexed["probabilities"][name] == pytest.approx(p, abs=1e-3)
 
     for bad_args, words in [
         (["--indexed", "--labels", "jig"], "at least two labels"),

@@ -116,7 +116,7 @@ def test_searches_during_a_reindex_never_fail_or_see_the_new_build(
                 try:
                     name = service.collection()
                     at = datetime.now(UTC)
-                    hits = service.search_text("a slow air in a minor key", k=5)
+                    hits = service.search_text("a slow air in a minor key", k=5).hits
                     seen.append((at, name, len(hits)))
                 except BaseException as exc:
                     errors.append(exc)

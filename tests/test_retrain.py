@@ -170,7 +170,7 @@ def test_one_scheduled_cycle_rescan_train_gate_reindex_swap_rollback(
         ctx = get_context(settings)
         active = ctx.store.resolve_alias(settings.collection_alias)
         assert active == outcome.reindex["collection"] != old
-        hits = SearchService(ctx).similar_file(folk / new_tune.name, k=1)
+        hits = SearchService(ctx).similar_file(folk / new_tune.name, k=1).hits
         assert Path(hits[0].source).name == new_tune.name
         assert ctx.model_of(active) is not None
         assert ctx.encoder_for(active).manifest.version == outcome.candidate.split(":", 1)[1]
@@ -178,7 +178,7 @@ def test_one_scheduled_cycle_rescan_train_gate_reindex_swap_rollback(
         back = rollback(settings)
         assert back.active == old
         assert get_context(settings).store.resolve_alias(settings.collection_alias) == old
-        hits = SearchService(get_context(settings)).similar_file(folk / new_tune.name, k=1)
+        hits = SearchService(get_context(settings)).similar_file(folk / new_tune.name, k=1).hits
         assert Path(hits[0].source).name == new_tune.name  # the old collection has it too
         print("cycle timeline (s):", json.dumps({k: round(v, 1) for k, v in timeline.items()}))
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -134,6 +135,42 @@ class JobCounts:
     @property
     def finished(self) -> bool:
         return self.files_pending == 0 and self.pieces_pending == 0 and self.deletes_pending == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report `status --json`, `ingest --json` and HTTP GET /jobs/{id} print."""
+        rate, eta = self.rate_and_eta()
+        return {
+            "job_id": self.job_id,
+            "kind": self.kind,
+            "status": self.status,
+            "files": self.files,
+            "pieces": self.pieces,
+            "indexed": self.indexed,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "encoded": self.encoded,
+            "reused": self.reused,
+            "removed": self.removed,
+            "files_pending": self.files_pending,
+            "files_failed": self.files_failed,
+            "deletes_pending": self.deletes_pending,
+            "pieces_pending": self.pieces_pending,
+            "created_at": self.created_at.isoformat(),
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "pieces_per_s": round(rate, 2),
+            "eta_s": round(eta, 1) if eta is not None else None,
+            "stages": self.stages,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobCounts:
+        """Back from to_dict (the CLI following a job that a server runs)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        values["created_at"] = datetime.fromisoformat(data["created_at"])
+        finished = data.get("finished_at")
+        values["finished_at"] = datetime.fromisoformat(finished) if finished else None
+        return cls(**values)
 
 
 def close_if_done(session: Session, job_id: int) -> bool:

@@ -1,4 +1,4 @@
-"""Database reads of the catalogue's live pieces for consumers outside the pipeline (training)."""
+"""Database reads of catalogue pieces for consumers outside the pipeline (training, queries)."""
 
 from __future__ import annotations
 
@@ -61,3 +61,13 @@ def live_pieces(session: Session) -> list[PieceText]:
         )
         for piece, uri in rows
     ]
+
+
+def piece_detail(session: Session, piece_id: str) -> tuple[Piece, str] | None:
+    """One piece (any status) and its file's uri, or None."""
+    row = session.execute(
+        select(Piece, SourceFile.uri)
+        .join(SourceFile, SourceFile.id == Piece.file_id)
+        .where(Piece.id == piece_id)
+    ).first()
+    return (row[0], row[1]) if row else None

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from schemas.collection import CollectionSpec, collection_name
 from schemas.db import ModelStatus
+from schemas.filters import FILTER_PAYLOAD_VERSION, FILTER_VERSION_META
 from schemas.settings import Settings
 from workers import collection_rows, registry, sinks
 from workers.aliases import SqlAliasRegistry
@@ -199,6 +200,7 @@ def collection_meta(manifest: ModelManifest, encoder: ClampEncoder) -> dict[str,
         "max_patches": str(manifest.max_patches),
         "precision": encoder.precision,
         "long_piece": encoder.long_piece,
+        FILTER_VERSION_META: FILTER_PAYLOAD_VERSION,
     }
 
 

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from schemas.collection import point_id
 from schemas.db import FileStatus, Piece, SourceFile
+from schemas.filters import filter_payload
 from workers import collection_rows, sinks
 from workers.abc import (
     AbcDecodeError,
@@ -186,6 +187,15 @@ def piece_payload(piece: Piece, uri: str) -> dict[str, object]:
         "meter": piece.meter,
         "key": piece.key,
         "file_name": os.path.basename(uri),
+        **filter_payload(
+            uri=uri,
+            source_format=piece.source_format,
+            key=piece.key,
+            meter=piece.meter,
+            rhythm=piece.rhythm,
+            composer=piece.composer,
+            origin=piece.origin,
+        ),
     }
 
 

@@ -7,6 +7,7 @@ from workers.vectors.base import (
     SearchTuning,
     StoreLockedError,
     StoreUnavailableError,
+    TextMatch,
     VectorStore,
     VectorStoreError,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "SearchTuning",
     "StoreLockedError",
     "StoreUnavailableError",
+    "TextMatch",
     "VectorStore",
     "VectorStoreError",
     "open_vector_store",

@@ -190,7 +190,14 @@ def check_batch(
         raise VectorStoreError("duplicate point ids in one upsert batch")
 
 
-Condition = tuple[Literal["eq", "any", "range"], str, Any]
+@dataclass(frozen=True)
+class TextMatch:
+    """Filter value for a full-text-indexed field: every word of `text` must appear."""
+
+    text: str
+
+
+Condition = tuple[Literal["eq", "any", "range", "text"], str, Any]
 
 
 def parse_filters(filters: Mapping[str, Any] | None) -> list[Condition]:
@@ -199,7 +206,11 @@ def parse_filters(filters: Mapping[str, Any] | None) -> list[Condition]:
     for field, value in (filters or {}).items():
         if not isinstance(field, str) or not field:
             raise VectorStoreError(f"filter field must be a non-empty string, got {field!r}")
-        if isinstance(value, Mapping):
+        if isinstance(value, TextMatch):
+            if not value.text.strip():
+                raise VectorStoreError(f"text filter on {field!r} has no words")
+            conditions.append(("text", field, value.text))
+        elif isinstance(value, Mapping):
             unknown = set(value) - RANGE_KEYS
             if unknown or not value:
                 raise VectorStoreError(

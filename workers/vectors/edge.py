@@ -317,6 +317,8 @@ def _edge_filter(filters: Mapping[str, Any] | None) -> qe.Filter | None:
             must.append(qe.FieldCondition(field_name, match=qe.MatchValue(value)))
         elif kind == "any":
             must.append(qe.FieldCondition(field_name, match=qe.MatchAny(list(value))))
+        elif kind == "text":
+            must.append(qe.FieldCondition(field_name, match=qe.MatchText(value)))
         else:
             must.append(qe.FieldCondition(field_name, range=qe.RangeFloat(**value)))
     return qe.Filter(must=must) if must else None

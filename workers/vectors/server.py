@@ -298,6 +298,8 @@ def _qdrant_filter(filters: Mapping[str, Any] | None) -> models.Filter | None:
             must.append(models.FieldCondition(key=field_name, match=models.MatchValue(value=value)))
         elif kind == "any":
             must.append(models.FieldCondition(key=field_name, match=models.MatchAny(any=value)))
+        elif kind == "text":
+            must.append(models.FieldCondition(key=field_name, match=models.MatchText(text=value)))
         else:
             must.append(models.FieldCondition(key=field_name, range=models.Range(**value)))
     return models.Filter(must=must) if must else None

@@ -1,0 +1,503 @@
+"""The HTTP API and web page (`clamp-index serve`): FastAPI routes over orchestrator.search."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, File, Form, Path, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from orchestrator import api_jobs
+from orchestrator.search import (
+    DEFAULT_TEMPLATES,
+    MAX_K,
+    MAX_OFFSET,
+    EmptyIndexError,
+    PieceNotFoundError,
+    SearchService,
+)
+from schemas.filters import FILTER_FIELDS
+from schemas.queries import ClassifyResult, PieceDetail, SearchResult
+from schemas.settings import Settings
+from workers.errors import BadArgumentError, JobNotFoundError, UserError
+
+log = logging.getLogger("clamp_index.api")
+
+# Multipart framing around an upload; requests larger than the cap plus this are refused
+# before their body is read.
+_FORM_OVERHEAD = 64 * 1024
+MAX_ID = 2**63 - 1  # the databases' integer keys
+
+
+class ApiError(BaseModel):
+    error: str = Field(description="what went wrong and what to do about it")
+    status: int
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    ready: bool
+    checks: dict[str, str]
+
+
+class IngestRequest(BaseModel):
+    paths: list[str] = Field(
+        min_length=1, max_length=1000, description="absolute paths under a catalogue root"
+    )
+
+
+class JobAccepted(BaseModel):
+    job_id: int
+    status_url: str
+
+
+class JobReport(BaseModel):
+    job_id: int
+    kind: str
+    status: str = Field(description="scanning, running, done, failed or interrupted")
+    files: int = Field(description="files to parse")
+    pieces: int
+    indexed: int
+    failed: int
+    skipped: int = Field(description="files unchanged since the last scan")
+    encoded: int
+    reused: int
+    removed: int
+    files_pending: int
+    files_failed: int
+    deletes_pending: int
+    pieces_pending: int
+    created_at: str
+    finished_at: str | None
+    pieces_per_s: float
+    eta_s: float | None
+    stages: dict[str, dict[str, int]]
+
+
+class FailureRow(BaseModel):
+    id: int
+    job_id: int | None
+    uri: str
+    stage: str
+    error_class: str
+    message: str
+    piece_id: str | None = None
+    created_at: str
+
+
+@dataclass
+class ServerState:
+    """What the routes share: the service, and who runs submitted jobs."""
+
+    settings: Settings
+    service: SearchService
+    token: str | None
+    jobs: api_jobs.EmbeddedJobRunner | None  # None: distributed, the workers run jobs
+
+
+_ERRORS = {400: "bad request", 401: "unauthorized", 403: "forbidden", 404: "not found"}
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ApiError, "description": text} for code, text in _ERRORS.items()
+}
+_WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **_RESPONSES,
+    413: {"model": ApiError, "description": "upload too large"},
+}
+
+
+def _status_of(exc: UserError) -> int:
+    if isinstance(exc, api_jobs.PathNotAllowedError):
+        return 403
+    if isinstance(exc, PieceNotFoundError | JobNotFoundError | EmptyIndexError):
+        return 404
+    if isinstance(exc, BadArgumentError):
+        return 400
+    return 400
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message, "status": status}, status_code=status)
+
+
+def create_app(settings: Settings, *, token: str | None = None) -> FastAPI:
+    """The app for one data dir / deployment. `token` overrides settings.api_token."""
+    from workers.runtime import get_context
+
+    secret = token or (settings.api_token.get_secret_value() if settings.api_token else None)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ctx = get_context(settings)
+        runner = api_jobs.EmbeddedJobRunner(settings) if settings.embedded_queue else None
+        app.state.server = ServerState(settings, SearchService(ctx), secret, runner)
+        _ = ctx.store, ctx.encoder  # own the store and load the model before the first query
+        if runner is not None:
+            runner.start()
+        try:
+            yield
+        finally:
+            if runner is not None:
+                runner.stop()
+
+    app = FastAPI(
+        title="clamp-index",
+        summary="Search symbolic-music catalogues by meaning (CLaMP vectors).",
+        version="1",
+        lifespan=lifespan,
+        responses=_RESPONSES,
+    )
+    _install_error_handlers(app)
+    _install_upload_cap(app, settings.api_max_upload_bytes)
+    _add_query_routes(app)
+    _add_job_routes(app)
+    _add_page(app)
+    return app
+
+
+def _state(request: Request) -> ServerState:
+    return request.app.state.server  # type: ignore[no-any-return]
+
+
+State = Annotated[ServerState, Depends(_state)]
+_bearer = HTTPBearer(auto_error=False, description="the server's API token")
+
+
+def _require_writer(
+    state: State,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    if state.token is None:
+        raise _Refused(403, "writes are disabled: set CLAMP_INDEX_API_TOKEN on the server")
+    if credentials is None or not secrets.compare_digest(
+        credentials.credentials.encode(), state.token.encode()
+    ):
+        raise _Refused(401, "this endpoint needs the header `Authorization: Bearer TOKEN`")
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(UserError)
+    async def user_error(_: Request, exc: UserError) -> JSONResponse:
+        return _error(_status_of(exc), str(exc))
+
+    @app.exception_handler(_Refused)
+    async def refused(_: Request, exc: _Refused) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        response = _error(exc.status, str(exc))
+        response.headers.update(headers or {})
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()
+        )
+        return _error(422, f"invalid request: {problems}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def crashed(_: Request, exc: Exception) -> JSONResponse:
+        from workers.vectors import VectorStoreError
+
+        if isinstance(exc, VectorStoreError):
+            return _error(503, f"the vector store refused the request: {exc}")
+        log.exception("unhandled error")
+        return _error(500, "internal error; the server log has the details")
+
+
+def _install_upload_cap(app: FastAPI, max_bytes: int) -> None:
+    @app.middleware("http")
+    async def refuse_big_bodies(request: Request, call_next: Any) -> Any:
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > max_bytes + _FORM_OVERHEAD:
+            return _error(413, f"request body over the upload limit of {max_bytes:,} bytes")
+        return await call_next(request)
+
+
+async def _read_upload(upload: UploadFile, max_bytes: int) -> bytes:
+    data = await upload.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise _Refused(
+            413,
+            f"{upload.filename}: over the upload limit of {max_bytes:,} bytes "
+            "(CLAMP_INDEX_API_MAX_UPLOAD_BYTES)",
+        )
+    return data
+
+
+_KNOWN_SEARCH_PARAMS = {"q", "k", "offset", *FILTER_FIELDS}
+
+
+def _filters(**values: str | None) -> dict[str, str | None]:
+    return {name: value for name, value in values.items() if value not in (None, "")}
+
+
+def _add_query_routes(app: FastAPI) -> None:
+    k_query = Query(10, ge=1, le=MAX_K, description="results per page")
+    offset_query = Query(0, ge=0, le=MAX_OFFSET, description="results to skip")
+
+    @app.get("/search", response_model=SearchResult, tags=["queries"])
+    def search(
+        request: Request,
+        state: State,
+        q: Annotated[str, Query(min_length=1, max_length=2000, description="what to look for")],
+        k: int = k_query,
+        offset: int = offset_query,
+        key: str | None = Query(None, description=FILTER_FIELDS["key"].help),
+        meter: str | None = Query(None, description=FILTER_FIELDS["meter"].help),
+        rhythm: str | None = Query(None, description=FILTER_FIELDS["rhythm"].help),
+        composer: str | None = Query(None, description=FILTER_FIELDS["composer"].help),
+        origin: str | None = Query(None, description=FILTER_FIELDS["origin"].help),
+        source: str | None = Query(None, description=FILTER_FIELDS["source"].help),
+        format: str | None = Query(None, description=FILTER_FIELDS["format"].help),
+    ) -> SearchResult:
+        """Text -> music: pieces whose vector is closest to the text's."""
+        unknown = sorted(set(request.query_params) - _KNOWN_SEARCH_PARAMS)
+        if unknown:
+            raise BadArgumentError(
+                f"unknown filter field {unknown[0]!r}; filterable fields: "
+                f"{', '.join(FILTER_FIELDS)} (other parameters: q, k, offset)"
+            )
+        filters = _filters(
+            key=key,
+            meter=meter,
+            rhythm=rhythm,
+            composer=composer,
+            origin=origin,
+            source=source,
+            format=format,
+        )
+        return state.service.search_text(q, k, filters, offset)
+
+    @app.post("/similar", response_model=SearchResult, tags=["queries"])
+    async def similar(
+        state: State,
+        piece_id: Annotated[str | None, Form(description="an indexed piece (left out)")] = None,
+        file: Annotated[UploadFile | None, File(description="ABC, MusicXML or MIDI")] = None,
+        k: Annotated[int, Form(ge=1, le=MAX_K)] = 10,
+        offset: Annotated[int, Form(ge=0, le=MAX_OFFSET)] = 0,
+        tune: Annotated[int, Form(ge=0, le=10_000, description="tune of the file")] = 0,
+        key: Annotated[str | None, Form()] = None,
+        meter: Annotated[str | None, Form()] = None,
+        rhythm: Annotated[str | None, Form()] = None,
+        composer: Annotated[str | None, Form()] = None,
+        origin: Annotated[str | None, Form()] = None,
+        source: Annotated[str | None, Form()] = None,
+        format: Annotated[str | None, Form()] = None,
+    ) -> SearchResult:
+        """Music -> music, from an uploaded file or an indexed piece id."""
+        filters = _filters(
+            key=key,
+            meter=meter,
+            rhythm=rhythm,
+            composer=composer,
+            origin=origin,
+            source=source,
+            format=format,
+        )
+        if (file is None) == (not piece_id):
+            raise BadArgumentError("give either piece_id or file, not both and not neither")
+        if file is not None:
+            data = await _read_upload(file, state.settings.api_max_upload_bytes)
+            return await _in_thread(
+                state.service.similar_upload,
+                data,
+                file.filename or "upload.abc",
+                k,
+                filters,
+                tune,
+                offset,
+            )
+        assert piece_id is not None
+        return await _in_thread(state.service.similar_to_indexed, piece_id, k, filters, offset)
+
+    @app.post("/classify", response_model=ClassifyResult, tags=["queries"])
+    async def classify(
+        state: State,
+        labels: Annotated[str, Form(description="comma-separated, two or more")],
+        templates: Annotated[
+            str | None,
+            Form(description=f"prompt templates separated by '|' (default {DEFAULT_TEMPLATES})"),
+        ] = None,
+        piece_id: Annotated[str | None, Form(description="an indexed piece")] = None,
+        file: Annotated[UploadFile | None, File(description="ABC, MusicXML or MIDI")] = None,
+        indexed: Annotated[bool, Form(description="label every indexed piece")] = False,
+    ) -> ClassifyResult:
+        """Zero-shot labels (probabilities) for an upload's tunes, a piece, or the index."""
+        label_list = labels.split(",")
+        template_list = (
+            [t for t in templates.split("|") if t.strip()] if templates else DEFAULT_TEMPLATES
+        )
+        if sum([file is not None, bool(piece_id), indexed]) != 1:
+            raise BadArgumentError("give exactly one of piece_id, file or indexed=true")
+        if indexed:
+            return await _in_thread(state.service.classify_all, label_list, template_list)
+        if file is not None:
+            data = await _read_upload(file, state.settings.api_max_upload_bytes)
+            name = file.filename or "upload.abc"
+            return await _in_thread(
+                state.service.classify_upload, data, name, label_list, template_list
+            )
+        assert piece_id is not None
+        return await _in_thread(
+            state.service.classify_pieces, [piece_id], label_list, template_list
+        )
+
+    @app.get("/pieces/{piece_id}", response_model=PieceDetail, tags=["queries"])
+    def piece(state: State, piece_id: str) -> PieceDetail:
+        """A piece's metadata and its ABC text (what the page renders and plays)."""
+        return state.service.piece(piece_id)
+
+
+async def _in_thread(fn: Any, *args: Any) -> Any:
+    # Encoding is CPU-bound: keep it off the event loop, like FastAPI does for sync routes.
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(fn, *args)
+
+
+def _add_job_routes(app: FastAPI) -> None:
+    from orchestrator.jobs import job_counts, list_failures
+
+    @app.get("/health", response_model=Health, tags=["service"])
+    def health() -> Health:
+        """The process is up (no dependency is checked)."""
+        return Health(status="ok")
+
+    @app.get(
+        "/ready",
+        response_model=Readiness,
+        tags=["service"],
+        responses={503: {"model": Readiness, "description": "not ready"}},
+    )
+    def ready(state: State) -> Any:
+        """Database, vector store and model all usable."""
+        checks = _readiness(state)
+        body = Readiness(ready=all(v == "ok" for v in checks.values()), checks=checks)
+        return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
+
+    @app.post(
+        "/ingest",
+        response_model=JobAccepted,
+        status_code=202,
+        tags=["jobs"],
+        responses=_WRITE_RESPONSES,
+        dependencies=[Depends(_require_writer)],
+    )
+    def ingest(state: State, body: IngestRequest) -> JobAccepted:
+        """Index files or folders that lie under a catalogue root of the server."""
+        paths = api_jobs.allowed_paths(state.settings, body.paths)
+        return _accepted(_submit(state, paths))
+
+    @app.post(
+        "/ingest/files",
+        response_model=JobAccepted,
+        status_code=202,
+        tags=["jobs"],
+        responses=_WRITE_RESPONSES,
+        dependencies=[Depends(_require_writer)],
+    )
+    async def ingest_files(
+        state: State,
+        files: Annotated[list[UploadFile], File(description="ABC, MusicXML or MIDI files")],
+    ) -> JobAccepted:
+        """Index uploaded files (kept in the server's data dir)."""
+        cap = state.settings.api_max_upload_bytes
+        received = [(f.filename or "upload", await _read_upload(f, cap)) for f in files]
+        folder = await _in_thread(api_jobs.save_uploads, state.settings, received)
+        return _accepted(await _in_thread(_submit, state, [folder]))
+
+    @app.get("/jobs/{job_id}", response_model=JobReport, tags=["jobs"])
+    def job(state: State, job_id: Annotated[int, Path(ge=1, le=MAX_ID)]) -> JobReport:
+        """A job's counts and status (scanning, running, done, failed, interrupted)."""
+        from workers.database import session_factory
+
+        counts = job_counts(session_factory(state.settings.resolved_database_url()), job_id)
+        if counts is None:
+            raise JobNotFoundError(f"no job with id {job_id}")
+        return JobReport.model_validate(counts.to_dict())
+
+    @app.get("/failures", response_model=list[FailureRow], tags=["jobs"])
+    def failures(
+        state: State,
+        job_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+    ) -> list[FailureRow]:
+        """Unresolved failures (all, or one job's), oldest first."""
+        from workers.database import session_factory
+
+        rows = list_failures(session_factory(state.settings.resolved_database_url()), job_id)
+        return [
+            FailureRow(
+                id=f.id,
+                job_id=f.job_id,
+                uri=f.uri,
+                stage=f.stage,
+                error_class=f.error_class,
+                message=f.message,
+                piece_id=f.piece_id,
+                created_at=f.created_at.isoformat(),
+            )
+            for f in rows[:limit]
+        ]
+
+
+def _submit(state: ServerState, paths: list[Any]) -> int:
+    if state.jobs is not None:
+        return state.jobs.submit(paths)
+    return api_jobs.submit_distributed(state.settings, paths)
+
+
+def _accepted(job_id: int) -> JobAccepted:
+    return JobAccepted(job_id=job_id, status_url=f"/jobs/{job_id}")
+
+
+def _readiness(state: ServerState) -> dict[str, str]:
+    from sqlalchemy import text
+
+    from workers.database import session_factory
+
+    checks: dict[str, str] = {}
+    try:
+        with session_factory(state.settings.resolved_database_url())() as session:
+            session.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"unavailable: {exc}"
+    ctx = state.service.ctx
+    try:
+        ctx.store.list_collections()
+        checks["vector_store"] = "ok"
+    except Exception as exc:
+        checks["vector_store"] = f"unavailable: {exc}"
+    try:
+        checks["model"] = "ok" if ctx.encoder is not None else "not loaded"
+    except Exception as exc:
+        checks["model"] = f"cannot load: {exc}"
+    return checks
+
+
+def _add_page(app: FastAPI) -> None:
+    from orchestrator import web
+
+    web.mount(app)
