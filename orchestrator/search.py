@@ -6,7 +6,7 @@ import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -100,17 +100,36 @@ def store_filter(filters: Mapping[str, str | None] | None) -> dict[str, Any]:
     }
 
 
+class TextEncoding(Protocol):
+    """Another way to encode a query text for a collection (the server's batched child)."""
+
+    def encode(self, ctx: WorkerContext, collection: str, text: str) -> np.ndarray: ...
+
+
 class SearchService:
     """Text -> music, music -> music and zero-shot labels over the serving collection."""
 
-    def __init__(self, ctx: WorkerContext) -> None:
+    def __init__(
+        self,
+        ctx: WorkerContext,
+        texts: TextEncoding | None = None,
+        alias_ttl_s: float = 0.0,
+    ) -> None:
         self.ctx = ctx
+        # A server passes these: query texts batched in a child process, and the alias read
+        # at most every alias_ttl_s (a swap is then seen that much later).
+        self.texts = texts
+        self.alias_ttl_s = alias_ttl_s
+        self._alias: tuple[float, str | None] = (-math.inf, None)
         self._metas: dict[str, dict[str, str]] = {}  # collections never change their meta
 
     def collection(self) -> str:
         """The active collection, refused when its model differs from the query encoder."""
         alias = self.ctx.settings.collection_alias
-        name = self.ctx.store.resolve_alias(alias)
+        read_at, name = self._alias
+        if name is None or time.monotonic() - read_at > self.alias_ttl_s:
+            name = self.ctx.store.resolve_alias(alias)
+            self._alias = (time.monotonic(), name)
         if name is None:
             raise EmptyIndexError(
                 f"nothing is indexed yet under alias {alias!r}: run `clamp-index ingest PATH` first"
@@ -139,7 +158,11 @@ class SearchService:
         if not query.strip():
             raise QueryInputError("the search text is empty")
         collection = self.collection()
-        vector = self.ctx.encoder_for(collection).encode_texts([query])[0]
+        encoder = self.ctx.encoder_for(collection)  # also checks the collection's model
+        if self.texts is not None:
+            vector = self.texts.encode(self.ctx, collection, query)
+        else:
+            vector = encoder.encode_texts([query])[0]
         return self._search(started, collection, vector, k, offset, filters)
 
     def similar_to_indexed(

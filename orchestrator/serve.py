@@ -23,8 +23,12 @@ def run_server(settings: Settings) -> None:
     # Take the store's lock before binding: a second `serve` (or a running ingest) is told
     # so at once instead of after the port is taken.
     get_context(settings).store  # noqa: B018
-    sock = socket.socket(socket.AF_INET6 if ":" in settings.api_host else socket.AF_INET)
+    family = socket.AF_INET6 if ":" in settings.api_host else socket.AF_INET
+    # proto must say TCP: asyncio sets TCP_NODELAY only on sockets that do, and without it
+    # every keep-alive response waited ~40 ms for the client's delayed ACK (Nagle).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((settings.api_host, settings.api_port))
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host

@@ -270,3 +270,42 @@ def test_ingest_jobs_run_in_the_server(client: TestClient, settings: Settings) -
     assert job["status"] == "done" and job["indexed"] == 1
     assert "Uploaded Kesh" in titles(ok(client.get("/search", params={"q": "x", "key": "G"})))
     refused(client.get("/jobs/99999"), 404, "99999")
+
+
+def test_collections_from_before_filter_fields_ask_for_a_reindex(
+    embedded_env: dict[str, str], tmp_path: Path
+) -> None:
+    import json
+
+    from orchestrator.reindex import reindex
+    from orchestrator.search import SearchService
+    from schemas.filters import FILTER_VERSION_META
+    from workers.errors import UserError
+    from workers.runtime import get_context
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "tunes.abc").write_text(JIG + "\n" + WALTZ, encoding="utf-8")
+    settings = settings_from_env(embedded_env)
+    close_contexts()
+    try:
+        jobs.ingest(settings, [corpus])
+        old = get_context(settings).active_collection()
+        close_contexts()
+        # What a collection written by an earlier release looks like: no version in its meta.
+        spec_file = settings.vectors_dir / old / "collection.json"
+        spec = json.loads(spec_file.read_text())
+        del spec["meta"][FILTER_VERSION_META]
+        spec_file.write_text(json.dumps(spec))
+
+        service = SearchService(get_context(settings))
+        assert len(service.search_text("a tune").hits) == 2  # unfiltered queries still work
+        with pytest.raises(UserError, match="clamp-index reindex"):
+            service.search_text("a tune", filters={"key": "G"})
+        reindex(settings)
+        service = SearchService(get_context(settings))
+        assert [h.title for h in service.search_text("x", filters={"key": "G"}).hits] == [
+            "The Kesh"
+        ]
+    finally:
+        close_contexts()

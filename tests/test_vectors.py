@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -15,6 +16,7 @@ from sqlalchemy.orm import sessionmaker
 
 from schemas.collection import CollectionSpec, collection_name, point_id
 from schemas.db import Base
+from schemas.filters import FILTER_FIELDS
 from workers.aliases import SqlAliasRegistry
 from workers.vectors import (
     CollectionNotFoundError,
@@ -22,6 +24,7 @@ from workers.vectors import (
     QdrantServerStore,
     SearchTuning,
     StoreLockedError,
+    TextMatch,
     VectorStore,
     VectorStoreError,
 )
@@ -400,3 +403,41 @@ def test_collection_names_are_store_safe_and_distinct(name: str, version: str) -
     made = collection_name("clamp-index", name, version)
     assert check_name(made) == made
     assert made != collection_name("clamp-index", name, version + "1")
+
+
+def test_text_and_array_filters(store: VectorStore) -> None:
+    """What the query service's filters rely on: word match and membership in a list field."""
+    store.create_collection(CollectionSpec("c1", DIM))
+    ids, vectors, _ = _points(3)
+    payloads = [
+        {
+            "piece_id": "a",
+            "composer_text": "francis o'neill",
+            "source_prefixes": ["/m/a.abc", "/m"],
+        },
+        {"piece_id": "b", "composer_text": "seamus ennis", "source_prefixes": ["/x/b.abc", "/x"]},
+        {"piece_id": "c", "source_prefixes": ["/m/c.abc", "/m"]},
+    ]
+    store.upsert("c1", ids, vectors, payloads)
+
+    def found(filters: dict) -> list[str]:
+        return sorted(h.payload["piece_id"] for h in store.query("c1", vectors[0], 10, filters))
+
+    assert found({"composer_text": TextMatch("ennis")}) == ["b"]
+    assert found({"composer_text": TextMatch("seamus ennis")}) == ["b"]
+    assert found({"composer_text": TextMatch("ennis francis")}) == []  # every word must appear
+    assert found({"source_prefixes": "/m"}) == ["a", "c"]
+    assert found({"source_prefixes": "/m/a.abc", "composer_text": TextMatch("o'neill")}) == ["a"]
+    with pytest.raises(VectorStoreError, match="no words"):
+        store.query("c1", vectors[0], 10, {"composer_text": TextMatch("  ")})
+
+
+def test_filter_fields_get_payload_indexes(opener: Opener, tmp_path: Path) -> None:
+    spec = CollectionSpec("c1", DIM)
+    for field in FILTER_FIELDS.values():
+        assert spec.payload_indexes[field.payload_field] == field.payload_type
+    store = opener()
+    store.create_collection(spec)
+    if isinstance(store, EdgeVectorStore):  # local-mode qdrant-client keeps no indexes
+        recorded = json.loads((tmp_path / "vectors" / "c1" / "collection.json").read_text())
+        assert recorded["payload_indexes"] == spec.payload_indexes
