@@ -35,8 +35,9 @@ def allowed_paths(settings: Settings, raw: Sequence[str]) -> list[Path]:
     roots = [root.resolve() for root in settings.catalogue_roots]
     if not roots:
         raise PathNotAllowedError(
-            "ingest by path is off on this server: no catalogue root is configured "
-            "(CLAMP_INDEX_CATALOGUE_ROOTS='[\"/srv/music\"]'), or upload files to /ingest/files"
+            "ingest by path is off on this server: no catalogue root is configured; start it "
+            "with `clamp-index serve --root DIR` (or CLAMP_INDEX_CATALOGUE_ROOTS='[\"DIR\"]'), "
+            "or upload the files to POST /ingest/files"
         )
     paths: list[Path] = []
     for text in raw:
@@ -49,7 +50,8 @@ def allowed_paths(settings: Settings, raw: Sequence[str]) -> list[Path]:
         resolved = path.resolve()
         if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
             raise PathNotAllowedError(
-                f"{text} is not under a catalogue root ({', '.join(map(str, roots))})"
+                f"{text} is not under a catalogue root of this server "
+                f"({', '.join(map(str, roots))}); add one with `clamp-index serve --root DIR`"
             )
         if not resolved.exists():
             raise BadArgumentError(f"no such file or directory: {text}")
