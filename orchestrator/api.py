@@ -3,102 +3,31 @@
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, File, Form, Path, Query, Request, UploadFile
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from orchestrator import api_jobs
-from orchestrator.search import (
-    DEFAULT_TEMPLATES,
-    MAX_K,
-    MAX_OFFSET,
-    EmptyIndexError,
-    PieceNotFoundError,
-    SearchService,
-)
+from orchestrator import api_guards, api_jobs
+from orchestrator.api_guards import RESPONSES, UPLOAD_RESPONSES, read_upload
+from orchestrator.search import DEFAULT_TEMPLATES, MAX_K, MAX_OFFSET, SearchService
 from orchestrator.text_encoder_process import ServerTextEncoding
 from schemas.filters import FILTER_FIELDS
+from schemas.http import FailureRow, Health, IngestRequest, JobAccepted, JobReport, Readiness
 from schemas.queries import ClassifyResult, PieceDetail, SearchResult
 from schemas.settings import Settings
-from workers.errors import BadArgumentError, JobNotFoundError, UserError
+from workers.errors import BadArgumentError, JobNotFoundError
 
 log = logging.getLogger("clamp_index.api")
 
-# Multipart framing around an upload; requests larger than the cap plus this are refused
-# before their body is read.
-_FORM_OVERHEAD = 64 * 1024
 MAX_ID = 2**63 - 1  # the databases' integer keys
 # Each query read the alias from the database (~1 ms, 8% of the GIL under load); a swap is
 # seen this much later instead.
 ALIAS_TTL_S = 1.0
-
-
-class ApiError(BaseModel):
-    error: str = Field(description="what went wrong and what to do about it")
-    status: int
-
-
-class Health(BaseModel):
-    status: str
-
-
-class Readiness(BaseModel):
-    ready: bool
-    checks: dict[str, str]
-
-
-class IngestRequest(BaseModel):
-    paths: list[str] = Field(
-        min_length=1, max_length=1000, description="absolute paths under a catalogue root"
-    )
-
-
-class JobAccepted(BaseModel):
-    job_id: int
-    status_url: str
-
-
-class JobReport(BaseModel):
-    job_id: int
-    kind: str
-    status: str = Field(description="scanning, running, done, failed or interrupted")
-    files: int = Field(description="files to parse")
-    pieces: int
-    indexed: int
-    failed: int
-    skipped: int = Field(description="files unchanged since the last scan")
-    encoded: int
-    reused: int
-    removed: int
-    files_pending: int
-    files_failed: int
-    deletes_pending: int
-    pieces_pending: int
-    created_at: str
-    finished_at: str | None
-    pieces_per_s: float
-    eta_s: float | None
-    stages: dict[str, dict[str, int]]
-
-
-class FailureRow(BaseModel):
-    id: int
-    job_id: int | None
-    uri: str
-    stage: str
-    error_class: str
-    message: str
-    piece_id: str | None = None
-    created_at: str
 
 
 @dataclass
@@ -109,30 +38,6 @@ class ServerState:
     service: SearchService
     token: str | None
     jobs: api_jobs.EmbeddedJobRunner | None  # None: distributed, the workers run jobs
-
-
-_ERRORS = {400: "bad request", 401: "unauthorized", 403: "forbidden", 404: "not found"}
-_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ApiError, "description": text} for code, text in _ERRORS.items()
-}
-_WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
-    **_RESPONSES,
-    413: {"model": ApiError, "description": "upload too large"},
-}
-
-
-def _status_of(exc: UserError) -> int:
-    if isinstance(exc, api_jobs.PathNotAllowedError):
-        return 403
-    if isinstance(exc, PieceNotFoundError | JobNotFoundError | EmptyIndexError):
-        return 404
-    if isinstance(exc, BadArgumentError):
-        return 400
-    return 400
-
-
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message, "status": status}, status_code=status)
 
 
 def create_app(settings: Settings, *, token: str | None = None) -> FastAPI:
@@ -165,10 +70,10 @@ def create_app(settings: Settings, *, token: str | None = None) -> FastAPI:
         summary="Search symbolic-music catalogues by meaning (CLaMP vectors).",
         version="1",
         lifespan=lifespan,
-        responses=_RESPONSES,
+        responses=RESPONSES,
     )
-    _install_error_handlers(app)
-    _install_upload_cap(app, settings.api_max_upload_bytes)
+    api_guards.install_error_handlers(app)
+    api_guards.install_upload_cap(app, settings.api_max_upload_bytes)
     _add_query_routes(app)
     _add_job_routes(app)
     _add_page(app)
@@ -187,71 +92,7 @@ def _require_writer(
     state: State,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
-    if state.token is None:
-        raise _Refused(403, "writes are disabled: set CLAMP_INDEX_API_TOKEN on the server")
-    if credentials is None or not secrets.compare_digest(
-        credentials.credentials.encode(), state.token.encode()
-    ):
-        raise _Refused(401, "this endpoint needs the header `Authorization: Bearer TOKEN`")
-
-
-class _Refused(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(UserError)
-    async def user_error(_: Request, exc: UserError) -> JSONResponse:
-        return _error(_status_of(exc), str(exc))
-
-    @app.exception_handler(_Refused)
-    async def refused(_: Request, exc: _Refused) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        response = _error(exc.status, str(exc))
-        response.headers.update(headers or {})
-        return response
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()
-        )
-        return _error(422, f"invalid request: {problems}")
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail))
-
-    @app.exception_handler(Exception)
-    async def crashed(_: Request, exc: Exception) -> JSONResponse:
-        from workers.vectors import VectorStoreError
-
-        if isinstance(exc, VectorStoreError):
-            return _error(503, f"the vector store refused the request: {exc}")
-        log.exception("unhandled error")
-        return _error(500, "internal error; the server log has the details")
-
-
-def _install_upload_cap(app: FastAPI, max_bytes: int) -> None:
-    @app.middleware("http")
-    async def refuse_big_bodies(request: Request, call_next: Any) -> Any:
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > max_bytes + _FORM_OVERHEAD:
-            return _error(413, f"request body over the upload limit of {max_bytes:,} bytes")
-        return await call_next(request)
-
-
-async def _read_upload(upload: UploadFile, max_bytes: int) -> bytes:
-    data = await upload.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise _Refused(
-            413,
-            f"{upload.filename}: over the upload limit of {max_bytes:,} bytes "
-            "(CLAMP_INDEX_API_MAX_UPLOAD_BYTES)",
-        )
-    return data
+    api_guards.check_token(state.token, credentials.credentials if credentials else None)
 
 
 _KNOWN_SEARCH_PARAMS = {"q", "k", "offset", *FILTER_FIELDS}
@@ -298,7 +139,7 @@ def _add_query_routes(app: FastAPI) -> None:
         )
         return state.service.search_text(q, k, filters, offset)
 
-    @app.post("/similar", response_model=SearchResult, tags=["queries"])
+    @app.post("/similar", response_model=SearchResult, tags=["queries"], responses=UPLOAD_RESPONSES)
     async def similar(
         state: State,
         piece_id: Annotated[str | None, Form(description="an indexed piece (left out)")] = None,
@@ -327,7 +168,7 @@ def _add_query_routes(app: FastAPI) -> None:
         if (file is None) == (not piece_id):
             raise BadArgumentError("give either piece_id or file, not both and not neither")
         if file is not None:
-            data = await _read_upload(file, state.settings.api_max_upload_bytes)
+            data = await read_upload(file, state.settings.api_max_upload_bytes)
             return await _in_thread(
                 state.service.similar_upload,
                 data,
@@ -340,7 +181,9 @@ def _add_query_routes(app: FastAPI) -> None:
         assert piece_id is not None
         return await _in_thread(state.service.similar_to_indexed, piece_id, k, filters, offset)
 
-    @app.post("/classify", response_model=ClassifyResult, tags=["queries"])
+    @app.post(
+        "/classify", response_model=ClassifyResult, tags=["queries"], responses=UPLOAD_RESPONSES
+    )
     async def classify(
         state: State,
         labels: Annotated[str, Form(description="comma-separated, two or more")],
@@ -362,7 +205,7 @@ def _add_query_routes(app: FastAPI) -> None:
         if indexed:
             return await _in_thread(state.service.classify_all, label_list, template_list)
         if file is not None:
-            data = await _read_upload(file, state.settings.api_max_upload_bytes)
+            data = await read_upload(file, state.settings.api_max_upload_bytes)
             name = file.filename or "upload.abc"
             return await _in_thread(
                 state.service.classify_upload, data, name, label_list, template_list
@@ -410,7 +253,7 @@ def _add_job_routes(app: FastAPI) -> None:
         response_model=JobAccepted,
         status_code=202,
         tags=["jobs"],
-        responses=_WRITE_RESPONSES,
+        responses=UPLOAD_RESPONSES,
         dependencies=[Depends(_require_writer)],
     )
     def ingest(state: State, body: IngestRequest) -> JobAccepted:
@@ -423,7 +266,7 @@ def _add_job_routes(app: FastAPI) -> None:
         response_model=JobAccepted,
         status_code=202,
         tags=["jobs"],
-        responses=_WRITE_RESPONSES,
+        responses=UPLOAD_RESPONSES,
         dependencies=[Depends(_require_writer)],
     )
     async def ingest_files(
@@ -432,7 +275,7 @@ def _add_job_routes(app: FastAPI) -> None:
     ) -> JobAccepted:
         """Index uploaded files (kept in the server's data dir)."""
         cap = state.settings.api_max_upload_bytes
-        received = [(f.filename or "upload", await _read_upload(f, cap)) for f in files]
+        received = [(f.filename or "upload", await read_upload(f, cap)) for f in files]
         folder = await _in_thread(api_jobs.save_uploads, state.settings, received)
         return _accepted(await _in_thread(_submit, state, [folder]))
 

@@ -177,7 +177,9 @@ class Settings(BaseSettings):
         "in distributed mode: writes are refused.",
     )
     api_max_upload_bytes: int = Field(
-        10 * 1024 * 1024, ge=1, description="Largest file an HTTP request may upload."
+        10 * 1024 * 1024,
+        ge=1,
+        description="Largest upload an HTTP request may carry (all its files together).",
     )
     catalogue_roots: list[Path] = Field(
         default_factory=list,
