@@ -309,3 +309,38 @@ def test_collections_from_before_filter_fields_ask_for_a_reindex(
         ]
     finally:
         close_contexts()
+
+
+@pytest.mark.services
+def test_distributed_ingest_is_planned_for_the_workers(
+    embedded_env: dict[str, str], postgres_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    """With a broker the server runs nothing itself: the job waits in the ledger, woken."""
+    import redis
+
+    from workers.database import session_factory
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "tunes.abc").write_text(JIG + "\n" + REEL, encoding="utf-8")
+    settings = settings_from_env(
+        embedded_env,
+        database_url=postgres_url,
+        broker_url=redis_url,
+        catalogue_roots=[corpus],
+    )
+    close_contexts()
+    session_factory.cache_clear()
+    broker = redis.Redis.from_url(redis_url)  # the fixture empties it before and after
+    try:
+        with TestClient(create_app(settings, token=TOKEN)) as client:
+            auth = {"Authorization": f"Bearer {TOKEN}"}
+            accepted = client.post("/ingest", json={"paths": [str(corpus)]}, headers=auth)
+            assert accepted.status_code == 202, accepted.text
+            job = ok(client.get(f"/jobs/{accepted.json()['job_id']}"))
+            assert job["status"] == "running" and job["files"] == 1 and job["files_pending"] == 1
+            assert broker.llen("parse") == 1  # the wake-up a parse worker would take
+            assert ok(client.get("/ready"))["ready"] is True
+    finally:
+        close_contexts()
+        session_factory.cache_clear()
