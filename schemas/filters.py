@@ -69,6 +69,11 @@ def normalise_words(value: str) -> str:
     return _WORDS.sub(" ", value.strip().lower()).strip()
 
 
+def normalise_rhythm(value: str) -> str:
+    """Dance names are written 'slip jig', 'Slip-Jig' and 'SlipJig' alike: no separators."""
+    return _WORDS.sub("", value.strip().lower())
+
+
 _FORMATS = {"abc": "abc", "musicxml": "musicxml", "xml": "musicxml", "mxl": "musicxml"}
 _FORMATS |= {"midi": "midi", "mid": "midi"}
 
@@ -124,7 +129,7 @@ FILTER_FIELDS: dict[str, FilterField] = {
     for f in (
         FilterField("key", "key_norm", normalise_key, help="tonic and mode: D, Dm, E minor, Ador"),
         FilterField("meter", "meter_norm", normalise_meter, help="6/8, 4/4 (C counts as 4/4)"),
-        FilterField("rhythm", "rhythm_norm", normalise_words, help="R: field, e.g. jig, reel"),
+        FilterField("rhythm", "rhythm_norm", normalise_rhythm, help="R: field, e.g. jig, reel"),
         FilterField("composer", "composer_text", normalise_words, "text", "every word must appear"),
         FilterField("origin", "origin_text", normalise_words, "text", "every word must appear"),
         FilterField(

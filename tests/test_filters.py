@@ -11,6 +11,7 @@ from schemas.filters import (
     normalise_format,
     normalise_key,
     normalise_meter,
+    normalise_rhythm,
     normalise_source,
     source_prefixes,
     store_conditions,
@@ -51,6 +52,11 @@ def test_keys(written: str, normalised: str) -> None:
 )
 def test_meters(written: str, normalised: str) -> None:
     assert normalise_meter(written) == normalised
+
+
+def test_rhythms() -> None:
+    spellings = ["slip jig", "Slip-Jig", "SlipJig", " slip_jig "]
+    assert {normalise_rhythm(r) for r in spellings} == {"slipjig"}
 
 
 def test_formats_and_sources() -> None:
