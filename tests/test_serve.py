@@ -23,8 +23,14 @@ def served(embedded_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[dict[
     corpus.mkdir()
     (corpus / "session.abc").write_text(JIG + "\n" + REEL, encoding="utf-8")
     (corpus / "valse.abc").write_text(WALTZ, encoding="utf-8")
+    record = Path(embedded_env["CLAMP_INDEX_DATA_DIR"]) / "server.json"
+    record.parent.mkdir(parents=True)
+    # A record left by a server that died: a pid above the kernel's limit (pid_max <= 2**22)
+    # cannot be running, so the CLI must ignore it and work on the index itself.
+    record.write_text(json.dumps({"url": "http://127.0.0.1:9", "pid": 2**22 + 7, "token": "x"}))
     first = run_cli(["ingest", str(corpus), "--json"], embedded_env)
     assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["indexed"] == 3
     env = {**embedded_env, "CLAMP_INDEX_CATALOGUE_ROOTS": json.dumps([str(tmp_path)])}
     server = subprocess.Popen(
         [str(CLI), "serve", "--port", "0"],
@@ -34,10 +40,9 @@ def served(embedded_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[dict[
         stderr=subprocess.STDOUT,
         text=True,
     )
-    record = Path(env["CLAMP_INDEX_DATA_DIR"]) / "server.json"
     try:
         deadline = time.monotonic() + 120
-        while not record.exists():
+        while not record.exists() or json.loads(record.read_text())["pid"] != server.pid:
             assert server.poll() is None, server.communicate()[0]
             assert time.monotonic() < deadline, "serve did not record its address"
             time.sleep(0.2)
@@ -108,22 +113,6 @@ def test_cli_goes_through_the_running_server(
     outside = run_cli(["ingest", "/etc/hostname"], env)
     assert outside.returncode == 1 and "catalogue root" in outside.stderr
 
-
-def test_a_second_server_is_refused_clearly(served: tuple[dict[str, str], str]) -> None:
-    env, _ = served
     second = run_cli(["serve", "--port", "0"], env, timeout=120)
     assert second.returncode == 1
     assert "already open in another process" in second.stderr, second.stderr
-
-
-def test_stale_address_file_is_ignored(embedded_env: dict[str, str], tmp_path: Path) -> None:
-    corpus = tmp_path / "c"
-    corpus.mkdir()
-    (corpus / "valse.abc").write_text(WALTZ, encoding="utf-8")
-    assert run_cli(["ingest", str(corpus)], embedded_env).returncode == 0
-    record = Path(embedded_env["CLAMP_INDEX_DATA_DIR"]) / "server.json"
-    # A pid above the kernel's limit (pid_max <= 2**22) cannot be running.
-    record.write_text(json.dumps({"url": "http://127.0.0.1:9", "pid": 2**22 + 7, "token": "x"}))
-    found = run_cli(["search", "waltz", "--json"], embedded_env)
-    assert found.returncode == 0, found.stderr
-    assert [h["title"] for h in json.loads(found.stdout)] == ["Valse de Café"]
