@@ -1,0 +1,163 @@
+"""The L: unit augmentation: the same music with another note-length spelling."""
+
+from __future__ import annotations
+
+import random
+import re
+from fractions import Fraction
+
+from orchestrator.training.abc_text import (
+    FIELD_LINE,
+    Token,
+    format_length,
+    join_tokens,
+    line_kind,
+    parse_length,
+    space_field_lookalikes,
+    split_lines,
+    tokenize,
+)
+from orchestrator.training.augment_pitch import read_note
+
+__all__ = ["rewrite_unit_length", "scale_unit_length"]
+
+_METER = re.compile(r"(\d+(?:\+\d+)*)\s*/\s*(\d+)")
+
+
+def _default_unit(header: list[str]) -> Fraction:
+    """ABC's unit when L: is absent: 1/16 for meters under 3/4, else 1/8 (also M:none)."""
+    for line in header:
+        match = FIELD_LINE.match(line)
+        if match is None or match.group(1) != "M":
+            continue
+        value = match.group(2).split("%", 1)[0].strip()
+        if value == "C":
+            return Fraction(1, 8)
+        if value == "C|":
+            return Fraction(1, 8)
+        meter = _METER.search(value)
+        if meter is None:
+            return Fraction(1, 8)
+        numerator = sum(int(part) for part in meter.group(1).split("+"))
+        denominator = int(meter.group(2))
+        if denominator and Fraction(numerator, denominator) < Fraction(3, 4):
+            return Fraction(1, 16)
+        return Fraction(1, 8)
+    return Fraction(1, 8)
+
+
+def _unit_value(text: str) -> Fraction | None:
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text.split("%", 1)[0])
+    if match is None or int(match.group(2)) == 0:
+        return None
+    return Fraction(int(match.group(1)), int(match.group(2)))
+
+
+def _unit_text(value: Fraction) -> str:
+    return f"{value.numerator}/{value.denominator}"
+
+
+def _chord_closes(tokens: list[Token]) -> dict[int, int]:
+    """Index of each chord's "[" -> index of its "]"."""
+    closes: dict[int, int] = {}
+    opened: int | None = None
+    for j, token in enumerate(tokens):
+        if token.kind == "chord_open":
+            opened = j
+        elif token.kind == "chord_close" and opened is not None:
+            closes[opened] = j
+            opened = None
+    return closes
+
+
+def _scale_lengths(tokens: list[Token], factor: Fraction, short: bool) -> list[Token]:
+    def scaled(text: str, head: int) -> str:
+        value = parse_length(text[head:]) * factor
+        return text[:head] + format_length(value, short_halves=short)
+
+    closes = _chord_closes(tokens)
+    out: list[Token] = []
+    in_grace = False
+    # A chord lasts its inner length times the length after "]", so exactly one of the two
+    # is scaled: the outer one when written, else every inner note.
+    outer_close: int | None = None
+    for j, token in enumerate(tokens):
+        text = token.text
+        if token.kind == "grace_open":
+            in_grace = True
+        elif token.kind == "grace_close":
+            in_grace = False
+        elif token.kind == "chord_open":
+            close = closes.get(j)
+            outer_close = close if close is not None and tokens[close].text != "]" else None
+        elif token.kind == "chord_close":
+            if j == outer_close:
+                text = scaled(text, 1)
+            outer_close = None
+        elif token.kind == "note" and not in_grace and outer_close is None:
+            text = scaled(text, len(text) - len(read_note(text)[2]))
+        elif token.kind == "rest":
+            text = scaled(text, 1)
+        out.append(Token(token.kind, text))
+    return out
+
+
+def scale_unit_length(tune_text: str, factor: Fraction, *, short_halves: bool = False) -> str:
+    """The same music with every note length multiplied by ``factor`` and L: divided by it
+    (factor 2: L:1/8 -> L:1/16, ``A`` -> ``A2``, ``A/2`` -> ``A``); ``short_halves`` writes
+    a half as ``/``.
+
+    Grace notes keep their lengths (ABC leaves their unit to the reader); multi-bar rests
+    (``Z4``) count bars, not units; broken rhythms and tuplets are ratios and stay. A tune
+    without L: gets one, from ABC's default for its meter. Unchanged when an L: value
+    cannot be read.
+    """
+    lines = split_lines(tune_text)
+    if lines is None:
+        return tune_text
+    header = list(lines.header)
+    units: dict[int, Fraction] = {}
+    for i, line in enumerate(header):
+        if line.startswith("L:"):
+            value = _unit_value(line[2:])
+            if value is None:
+                return tune_text
+            units[i] = value
+    for i, value in units.items():
+        header[i] = f"L:{_unit_text(value / factor)}"
+    if not units:
+        header.insert(len(header) - 1, f"L:{_unit_text(_default_unit(header) / factor)}")
+    body: list[str] = []
+    for line in lines.body:
+        kind = line_kind(line)
+        if kind == "music":
+            tokens = []
+            for token in tokenize(line):
+                if token.kind == "field" and token.text.startswith("[L:"):
+                    value = _unit_value(token.text[3:-1])
+                    if value is not None:
+                        token = Token("field", f"[L:{_unit_text(value / factor)}]")
+                tokens.append(token)
+            scaled = _scale_lengths(tokens, factor, short_halves)
+            line = join_tokens(space_field_lookalikes(scaled))
+        elif kind == "field" and line.startswith("L:"):
+            value = _unit_value(line[2:])
+            if value is not None:
+                line = f"L:{_unit_text(value / factor)}"
+        body.append(line)
+    return "\n".join(header + body)
+
+
+def rewrite_unit_length(tune_text: str, rng: random.Random) -> str:
+    """:func:`scale_unit_length` by 2 or 1/2, whichever keeps L: between 1/64 and 1."""
+    lines = split_lines(tune_text)
+    if lines is None:
+        return tune_text
+    first = next((line for line in lines.header if line.startswith("L:")), None)
+    unit = _unit_value(first[2:]) if first is not None else _default_unit(lines.header)
+    if unit is None:
+        return tune_text
+    factor = rng.choice((Fraction(2), Fraction(1, 2)))
+    if not Fraction(1, 64) <= unit / factor <= 1:
+        factor = 1 / factor
+    return scale_unit_length(tune_text, factor, short_halves=rng.random() < 0.5)
