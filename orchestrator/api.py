@@ -282,9 +282,7 @@ def _add_job_routes(app: FastAPI) -> None:
     @app.get("/jobs/{job_id}", response_model=JobReport, tags=["jobs"])
     def job(state: State, job_id: Annotated[int, Path(ge=1, le=MAX_ID)]) -> JobReport:
         """A job's counts and status (scanning, running, done, failed, interrupted)."""
-        from workers.database import session_factory
-
-        counts = job_counts(session_factory(state.settings.resolved_database_url()), job_id)
+        counts = job_counts(state.service.ctx.sessions, job_id)
         if counts is None:
             raise JobNotFoundError(f"no job with id {job_id}")
         return JobReport.model_validate(counts.to_dict())
@@ -296,9 +294,7 @@ def _add_job_routes(app: FastAPI) -> None:
         limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
     ) -> list[FailureRow]:
         """Unresolved failures (all, or one job's), oldest first."""
-        from workers.database import session_factory
-
-        rows = list_failures(session_factory(state.settings.resolved_database_url()), job_id)
+        rows = list_failures(state.service.ctx.sessions, job_id, limit=limit)
         return [
             FailureRow(
                 id=f.id,
@@ -310,14 +306,17 @@ def _add_job_routes(app: FastAPI) -> None:
                 piece_id=f.piece_id,
                 created_at=f.created_at.isoformat(),
             )
-            for f in rows[:limit]
+            for f in rows
         ]
 
 
 def _submit(state: ServerState, paths: list[Any]) -> int:
     if state.jobs is not None:
         return state.jobs.submit(paths)
-    return api_jobs.submit_distributed(state.settings, paths)
+    from orchestrator.jobs import ingest
+
+    # Distributed: plan and wake the workers, exactly as `clamp-index ingest` does.
+    return ingest(state.settings, paths).job_id
 
 
 def _accepted(job_id: int) -> JobAccepted:
@@ -327,11 +326,9 @@ def _accepted(job_id: int) -> JobAccepted:
 def _readiness(state: ServerState) -> dict[str, str]:
     from sqlalchemy import text
 
-    from workers.database import session_factory
-
     checks: dict[str, str] = {}
     try:
-        with session_factory(state.settings.resolved_database_url())() as session:
+        with state.service.ctx.sessions() as session:
             session.execute(text("SELECT 1"))
         checks["database"] = "ok"
     except Exception as exc:

@@ -1,8 +1,8 @@
 """Ingest jobs submitted over HTTP: where their files may come from, and who runs them.
 
 Embedded mode: the server owns the vector store, so its own background thread drains the
-ledger, one job after another, while queries go on. Distributed mode: the server only
-plans and wakes the Celery workers, exactly as `clamp-index ingest` does.
+ledger, one job after another, while queries go on. (Distributed mode needs nothing here:
+`jobs.ingest` plans and wakes the Celery workers.)
 """
 
 from __future__ import annotations
@@ -118,15 +118,3 @@ class EmbeddedJobRunner:
             except Exception:
                 # The work stays in the ledger; the next submission (or restart) resumes it.
                 log.exception("embedded ingest stopped")
-
-
-def submit_distributed(settings: Settings, paths: Sequence[Path]) -> int:
-    """Plan an ingest and wake the workers; the server itself runs nothing."""
-    from orchestrator.jobs import plan_ingest, wake_workers
-    from workers.celery_app import CeleryWaker, check_broker, make_celery
-
-    check_broker(settings)
-    sessions = session_factory(settings.resolved_database_url())
-    plan = plan_ingest(sessions, settings, paths)
-    wake_workers(sessions, plan.job_id, CeleryWaker(make_celery(settings)))
-    return plan.job_id

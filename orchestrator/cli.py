@@ -111,9 +111,7 @@ def _run_ingest(
 
         with server_client(settings) as server:
             if server is not None:
-                missing = [p for p in paths if not (p.exists() or p.is_symlink())]
-                if missing:
-                    raise _fail(f"no such file or directory: {missing[0]}")
+                jobs.require_paths(paths)
                 job_id = server.ingest(paths)
                 err.print(f"job {job_id} runs in the server at {server.record.url}")
                 with _progress(show) as progress:

@@ -306,6 +306,13 @@ def wait_for(
         time.sleep(poll_s)
 
 
+def require_paths(paths: Sequence[Path]) -> None:
+    """Refuse a job naming a path that does not exist (a dangling symlink does)."""
+    missing = [p for p in paths if not (Path(p).exists() or Path(p).is_symlink())]
+    if missing:
+        raise UserError(f"no such file or directory: {missing[0]}")
+
+
 def ingest(
     settings: Settings,
     paths: Sequence[Path],
@@ -316,9 +323,7 @@ def ingest(
     reparse: bool = False,
 ) -> job_state.JobCounts:
     """Plan an ingest and run it here (embedded) or wake the workers (distributed)."""
-    missing = [p for p in paths if not (Path(p).exists() or Path(p).is_symlink())]
-    if missing:
-        raise UserError(f"no such file or directory: {missing[0]}")
+    require_paths(paths)
     sessions = session_factory(settings.resolved_database_url())
     if settings.embedded_queue:
         from workers.runtime import get_context
@@ -361,7 +366,10 @@ def job_counts(
 
 
 def list_failures(
-    sessions: sessionmaker[Session], job_id: int | None = None, include_resolved: bool = False
+    sessions: sessionmaker[Session],
+    job_id: int | None = None,
+    include_resolved: bool = False,
+    limit: int | None = None,
 ) -> list[Failure]:
     with session_scope(sessions) as session:
         stmt = select(Failure).order_by(Failure.id)
@@ -369,4 +377,4 @@ def list_failures(
             stmt = stmt.where(Failure.job_id == job_id)
         if not include_resolved:
             stmt = stmt.where(Failure.resolved_at.is_(None))
-        return list(session.scalars(stmt))
+        return list(session.scalars(stmt.limit(limit)))
