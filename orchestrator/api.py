@@ -189,7 +189,10 @@ def _add_query_routes(app: FastAPI) -> None:
         labels: Annotated[str, Form(description="comma-separated, two or more")],
         templates: Annotated[
             str | None,
-            Form(description=f"prompt templates separated by '|' (default {DEFAULT_TEMPLATES})"),
+            Form(
+                description="prompt templates separated by '|' (default: the "
+                f"CLAMP_INDEX_CLASSIFY_TEMPLATES setting, {DEFAULT_TEMPLATES})"
+            ),
         ] = None,
         piece_id: Annotated[str | None, Form(description="an indexed piece")] = None,
         file: Annotated[UploadFile | None, File(description="ABC, MusicXML or MIDI")] = None,
@@ -198,7 +201,9 @@ def _add_query_routes(app: FastAPI) -> None:
         """Zero-shot labels (probabilities) for an upload's tunes, a piece, or the index."""
         label_list = labels.split(",")
         template_list = (
-            [t for t in templates.split("|") if t.strip()] if templates else DEFAULT_TEMPLATES
+            [t for t in templates.split("|") if t.strip()]
+            if templates
+            else state.settings.classify_templates
         )
         if sum([file is not None, bool(piece_id), indexed]) != 1:
             raise BadArgumentError("give exactly one of piece_id, file or indexed=true")

@@ -148,7 +148,8 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--template",
                 help='Prompt per label, e.g. "a {label}"; repeat it for an ensemble '
-                "(each label's prompts are averaged).",
+                "(each label's prompts are averaged). Default: the "
+                "CLAMP_INDEX_CLASSIFY_TEMPLATES setting.",
             ),
         ] = None,
         indexed: Annotated[
@@ -158,15 +159,16 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Zero-shot classification: label probabilities for each tune."""
-        from orchestrator.search import DEFAULT_TEMPLATES, label_prompts
+        from orchestrator.search import label_prompts
 
         if bool(paths) == indexed:
             raise BadArgumentError("give either PATH... or --indexed")
+        settings = load_settings(data_dir)
         label_list = labels.split(",")
-        template_list = list(templates or DEFAULT_TEMPLATES)
+        template_list = list(templates or settings.classify_templates)
         names, _ = label_prompts(label_list, template_list)  # bad labels: exit 2, first
         # Labelling files needs only the model; labelling the index needs the index.
-        with open_queries(load_settings(data_dir), needs_index=indexed) as queries:
+        with open_queries(settings, needs_index=indexed) as queries:
             if indexed:
                 results = list(queries.classify_indexed(label_list, template_list))
             else:

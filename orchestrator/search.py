@@ -17,6 +17,7 @@ from schemas.filters import (
     store_conditions,
 )
 from schemas.queries import ClassifyResult, Hit, LabelResult, PieceDetail, SearchResult
+from schemas.settings import CLASSIFY_TEMPLATES
 from workers import piece_reads, sinks
 from workers.abc import ParsedPiece, encode_patches, parse_abc_text
 from workers.database import session_scope
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 # Deep pages cost a k+offset nearest-neighbour search; past this, narrow the query instead.
 MAX_OFFSET = 10_000
 MAX_K = 1_000
-DEFAULT_TEMPLATES = ("a {label}",)
+DEFAULT_TEMPLATES = CLASSIFY_TEMPLATES
 # The reference turns cosine similarities into label probabilities with softmax(cos * e).
 ZERO_SHOT_LOGIT_SCALE = math.e
 

@@ -8,6 +8,15 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The default prompt ensemble of zero-shot classification, chosen on the shipped model's
+# held-out split of its training collections (see its model card); CLIP-style averaging.
+CLASSIFY_TEMPLATES = (
+    "the dance tune of a {label}",
+    "a traditional {label}",
+    "an Irish {label}",
+    "music for a {label}",
+)
+
 
 class Settings(BaseSettings):
     """Every knob of the pipeline; code never hard-codes a deployment choice."""
@@ -185,6 +194,11 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Folders whose files HTTP /ingest may read (JSON list); a path outside "
         "all of them is refused. Empty: ingest by path over HTTP is off.",
+    )
+    classify_templates: list[str] = Field(
+        default_factory=lambda: list(CLASSIFY_TEMPLATES),
+        description="Prompt templates `classify` averages per label when a request gives "
+        "none (JSON list; each holds {label}).",
     )
     file_globs: list[str] = Field(
         default_factory=lambda: ["*.abc", "*.xml", "*.musicxml", "*.mxl", "*.mid", "*.midi"],

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from orchestrator import jobs
 from orchestrator.api import create_app
-from schemas.settings import Settings
+from schemas.settings import CLASSIFY_TEMPLATES, Settings
 from tests.conftest import settings_from_env
 from tests.test_pipeline import JIG, REEL, WALTZ
 from workers.runtime import close_contexts
@@ -188,6 +188,8 @@ def test_classify_upload_piece_and_index(client: TestClient) -> None:
     kesh = ok(client.get("/search", params={"q": "x", "rhythm": "jig"}))["hits"][0]
     one = ok(client.post("/classify", data={"labels": "jig,reel", "piece_id": kesh["piece_id"]}))
     assert [r["piece_id"] for r in one["results"]] == [kesh["piece_id"]]
+    # Without templates the configured default ensemble is used.
+    assert one["templates"] == list(CLASSIFY_TEMPLATES) and len(CLASSIFY_TEMPLATES) > 1
     every = ok(client.post("/classify", data={"labels": "jig,reel", "indexed": "true"}))
     assert len(every["results"]) == 4
     refused(client.post("/classify", data={"labels": "jig", "indexed": "true"}), 400, "two")

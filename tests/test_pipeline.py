@@ -272,7 +272,9 @@ def test_classify_files_and_indexed_agree(runner: CliRunner, tmp_path: Path) -> 
         "--template",
         "a {label}",
     )
-    from_index = invoke_json(runner, "classify", "--indexed", "--labels", labels)
+    from_index = invoke_json(
+        runner, "classify", "--indexed", "--labels", labels, "--template", "a {label}"
+    )
     assert len(from_files) == len(from_index) == 3
     assert {"piece_id", "source", "title", "label", "probabilities"} <= set(from_files[0])
     by_id = {r["piece_id"]: r for r in from_index}
@@ -292,3 +294,20 @@ def test_classify_files_and_indexed_agree(runner: CliRunner, tmp_path: Path) -> 
     ]:
         result = runner.invoke(app, ["classify", *bad_args])
         assert result.exit_code != 0 and words in result.output, result.output
+
+
+def test_classify_uses_the_configured_templates(
+    tmp_path: Path, embedded_env: dict[str, str]
+) -> None:
+    from schemas.settings import Settings
+
+    tune = tmp_path / "kesh.abc"
+    tune.write_text(JIG, encoding="utf-8")
+    assert len(Settings().classify_templates) > 1  # an ensemble by default
+    good = CliRunner(env={**embedded_env, "CLAMP_INDEX_CLASSIFY_TEMPLATES": '["the {label}"]'})
+    result = good.invoke(app, ["classify", str(tune), "--labels", "jig,reel", "--json"])
+    assert result.exit_code == 0, result.output
+    # The setting is what classify reads when no --template is given.
+    bad = CliRunner(env={**embedded_env, "CLAMP_INDEX_CLASSIFY_TEMPLATES": '["no placeholder"]'})
+    refused = bad.invoke(app, ["classify", str(tune), "--labels", "jig,reel"])
+    assert refused.exit_code != 0 and "{label}" in refused.output

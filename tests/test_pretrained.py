@@ -73,6 +73,22 @@ def test_shipped_model_files() -> None:
         pretrained_dir("nope")
 
 
+def test_shipped_model_saw_only_redistributable_sources() -> None:
+    from orchestrator.training.sources import SOURCES
+
+    model_dir = pretrained_dir()
+    data = json.loads((model_dir / "manifest.json").read_text())["training_data"]
+    assert data["redistributable"] is True
+    trained = set(data["per_collection"])
+    assert trained == {s["collection"] for s in data["sources"]}
+    assert all(SOURCES[c].redistributable for c in trained), trained
+    assert not trained & set(data["heldout_collections"])
+    card = (model_dir / "MODEL_CARD.md").read_text()
+    # The card's licence table names every source trained on, and the opt-in ones.
+    for source in SOURCES.values():
+        assert source.collection in card, source.collection
+
+
 def test_unset_model_dir_uses_shipped_model(shipped: CliRunner) -> None:
     info = invoke_json(shipped, "model")
     assert info["name"] == DEFAULT_MODEL

@@ -292,14 +292,26 @@ def test_training_is_reproducible_from_its_seed() -> None:
         text_variants=2,
         patch_mask_prob=0.1,
         bf16=True,
+        music_views=2,
+        music_loss_weight=1.0,
     )
-    first, _, history = train(cfg, records, log_every=1)
-    second, _, _ = train(cfg, records, log_every=1)
+
+    def roundtrips(key: str) -> list[str]:
+        # Stand-in for cached converter output: another spelling of the same tune.
+        return [records_by_key[key].music_text.replace("K:G", "L:1/8\nK:G")]
+
+    records_by_key = {r.key_hash: r for r in records}
+    first, _, history = train(cfg, records, log_every=1, roundtrips=roundtrips)
+    second, _, _ = train(cfg, records, log_every=1, roundtrips=roundtrips)
     assert history["steps"] == 4
+    # Every tune has its original, augmented copies and the round trip to pair up.
+    assert history["music_views"] > 2 * history["train_tunes"]
     a, b = first.state_dict(), second.state_dict()
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    other, _, _ = train(cfg.model_copy(update={"seed": 1}), records, log_every=1)
+    other, _, _ = train(
+        cfg.model_copy(update={"seed": 1}), records, log_every=1, roundtrips=roundtrips
+    )
     assert not torch.equal(other.state_dict()["music_proj.weight"], a["music_proj.weight"])
 
 
@@ -313,6 +325,32 @@ def test_command_line_flags_override_the_config_file(tmp_path: Path) -> None:
     assert out == Path("m")
     assert (cfg.max_steps, cfg.threads, cfg.bf16, cfg.seed) == (4500, 2, True, 0)
     assert cfg.hidden_size == 128 and cfg.minutes == 50.0
+    # The shipped recipe: views and the music pair loss on, restricted sources and the
+    # evaluation collection out.
+    assert cfg.music_views > 0 and cfg.music_loss_weight > 0
+    assert cfg.collections is not None
+    assert "essenFolksong" not in cfg.collections and "josquin" not in cfg.collections
+    assert cfg.heldout_collections == ["ryansMammoth"]
+    assert "ryansMammoth" not in cfg.collections
+
+
+def test_restricted_sources_need_an_explicit_opt_in() -> None:
+    from orchestrator.training.cli import parse_config
+    from orchestrator.training.sources import SOURCES, UnknownSourceError, training_collections
+
+    default = training_collections()
+    assert all(SOURCES[c].redistributable for c in default)
+    assert "essenFolksong" not in default
+    assert "essenFolksong" in training_collections(include_restricted=["essenFolksong"])
+    assert "ryansMammoth" in training_collections(exclude=())
+    with pytest.raises(UnknownSourceError, match="known"):
+        training_collections(include_restricted=["nonsense"])
+    _, cfg = parse_config(["--out", "m", "--include-restricted", "essenFolksong"])
+    assert cfg.collections is not None and "essenFolksong" in cfg.collections
+    _, cfg = parse_config(["--out", "m", "--no-heldout-collection"])
+    assert cfg.collections is not None and "ryansMammoth" in cfg.collections
+    with pytest.raises(SystemExit):  # argparse refuses a name that is not a restricted source
+        parse_config(["--out", "m", "--include-restricted", "oneills1850"])
 
 
 def test_runtime_code_never_imports_test_support() -> None:
@@ -324,3 +362,22 @@ def test_runtime_code_never_imports_test_support() -> None:
         for path in (repo / package).rglob("*.py"):
             text = path.read_text()
             assert "tests.support" not in text and "from tests" not in text, path
+
+
+@pytest.mark.parametrize(
+    ("title", "expected"),
+    [
+        ("Miss Hay's Reel.", "reel"),
+        ("The Soldier's Hornpipe", "hornpipe"),
+        ("Drops of Brandy, Slip Jig", "slip jig"),
+        ("German Waltz.", "waltz"),
+        ("The Gentle Air", None),  # "air" at the end of a title is too often no genre
+        ("Reel of Tulloch, The", None),  # only the title's end names the dance
+        ("Acacia -- Reel", "reel"),
+    ],
+)
+def test_dance_type_from_the_title(title: str, expected: str | None) -> None:
+    from orchestrator.training.data import normalise_rhythm
+
+    assert normalise_rhythm(None, title) == (expected, None)
+    assert normalise_rhythm("jig", title) == ("jig", None)  # R: wins

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,18 +16,34 @@ from orchestrator.training.eval import evaluate_heldout
 from orchestrator.training.export import save_model
 from orchestrator.training.loop import train
 from orchestrator.training.model import in_memory_clamp
+from orchestrator.training.roundtrip import FORMATS, RoundTripCache, default_cache_dir
+from orchestrator.training.sources import (
+    HELDOUT_COLLECTIONS,
+    SOURCES,
+    licence_table,
+    training_collections,
+)
+from orchestrator.training.views import RoundTrips
 from workers.clamp import ClampEncoder
 from workers.clamp.loading import load_tokenizer
 from workers.clamp.minilm import minilm_dir
 
 PROG = "python -m orchestrator.training"
 DESCRIPTION = (
-    "Contrastive training of a small CLaMP-layout model (frozen MiniLM text side) on music21 ABC."
+    "Contrastive training of a small CLaMP-layout model (frozen MiniLM text side) on music21 "
+    "ABC: only sources whose licence allows redistributing the weights, unless told otherwise."
 )
+# The shipped recipe's views; TrainConfig's own defaults (no views) serve catalogue runs.
+RECIPE: dict[str, Any] = {
+    "music_views": 4,
+    "augment_p": 0.5,
+    "music_loss_weight": 1.0,
+    "view_max_patches": 64,
+}
+log = logging.getLogger(__name__)
 
 
-def parse_config(argv: list[str] | None = None) -> tuple[Path, TrainConfig]:
-    """(output directory, config) from the command line; flags override --config's JSON."""
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--minutes", type=float, default=None, help="time budget for training")
@@ -36,8 +53,50 @@ def parse_config(argv: list[str] | None = None) -> tuple[Path, TrainConfig]:
     parser.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast")
     parser.add_argument("--eval-every", type=int, default=None)
     parser.add_argument("--config", type=Path, help="JSON file with TrainConfig fields")
-    args = parser.parse_args(argv)
-    values: dict[str, Any] = json.loads(args.config.read_text()) if args.config else {}
+    parser.add_argument(
+        "--include-restricted",
+        action="append",
+        default=[],
+        metavar="COLLECTION",
+        choices=sorted(c for c, s in SOURCES.items() if not s.redistributable),
+        help="opt in to a source whose licence forbids commercial use or binds derived works "
+        "(essenFolksong: non-commercial; josquin: GPL). The weights are then NOT "
+        "redistributable under the project's licence; the manifest says so.",
+    )
+    parser.add_argument(
+        "--heldout-collection",
+        action="append",
+        default=None,
+        metavar="COLLECTION",
+        choices=sorted(SOURCES),
+        help=f"collection kept out of training for evaluation (default: {HELDOUT_COLLECTIONS})",
+    )
+    parser.add_argument("--no-heldout-collection", action="store_true", help="train on all")
+    parser.add_argument(
+        "--roundtrip-cache",
+        type=Path,
+        default=None,
+        help=f"converter round-trip cache folder (default {default_cache_dir()})",
+    )
+    parser.add_argument(
+        "--no-roundtrips", action="store_true", help="no MusicXML/MIDI round-trip views"
+    )
+    parser.add_argument("--convert-workers", type=int, default=2)
+    return parser.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> TrainConfig:
+    """Recipe defaults, then --config's JSON, then flags."""
+    values: dict[str, Any] = dict(RECIPE)
+    if args.config:
+        values.update(json.loads(args.config.read_text()))
+    heldout = (
+        []
+        if args.no_heldout_collection
+        else (args.heldout_collection or values.get("heldout_collections", HELDOUT_COLLECTIONS))
+    )
+    values["heldout_collections"] = list(heldout)
+    values["collections"] = training_collections(args.include_restricted, heldout)
     for key, value in (
         ("minutes", args.minutes),
         ("max_steps", args.steps),
@@ -48,27 +107,72 @@ def parse_config(argv: list[str] | None = None) -> tuple[Path, TrainConfig]:
     ):
         if value is not None:
             values[key] = value
-    return args.out, TrainConfig(**values)
+    return TrainConfig(**values)
+
+
+def parse_config(argv: list[str] | None = None) -> tuple[Path, TrainConfig]:
+    """(output directory, config) from the command line."""
+    args = parse_args(argv)
+    return args.out, build_config(args)
+
+
+def round_trip_lookup(
+    cache_dir: Path, tunes: list[tuple[str, str]], workers: int
+) -> tuple[RoundTrips, dict[str, int]]:
+    """Fill the cache for the tunes (a one-off ~20 min on 2 cores), then a lookup."""
+    cache = RoundTripCache(cache_dir)
+
+    def report(done: int, total: int) -> None:
+        if done % 500 == 0 or done == total:
+            log.info("round trips %d/%d", done, total)
+
+    counts = cache.fill(tunes, workers=workers, progress=report)
+
+    def lookup(key: str) -> list[str]:
+        return [t for f in FORMATS if (t := cache.get(key, f))]
+
+    return lookup, counts
 
 
 def main(argv: list[str] | None = None) -> None:
-    out, cfg = parse_config(argv)
+    args = parse_args(argv)
+    cfg = build_config(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    records = load_corpus()
-    model, _, history = train(cfg, records)
-    _, heldout = split_records(records)
+    restricted = [c for c in cfg.collections or [] if not SOURCES[c].redistributable]
+    if restricted:
+        print(
+            f"warning: training on {restricted}: their licences forbid redistributing these "
+            "weights under the project's licence; the manifest marks them not redistributable",
+            file=sys.stderr,
+        )
+    records = load_corpus(collections=cfg.collections)
+    roundtrips: RoundTrips | None = None
+    trip_counts: dict[str, int] = {}
+    if not args.no_roundtrips:
+        train_set, _ = split_records(records, cfg.split_salt_bytes())
+        roundtrips, trip_counts = round_trip_lookup(
+            args.roundtrip_cache or default_cache_dir(),
+            [(r.key_hash, r.music_text) for r in train_set],
+            args.convert_workers,
+        )
+    model, _, history = train(cfg, records, roundtrips=roundtrips)
+    _, heldout = split_records(records, cfg.split_salt_bytes())
     metrics = evaluate_heldout(
         ClampEncoder(in_memory_clamp(model, load_tokenizer(minilm_dir()), cfg.name)), heldout
     )
     stats = corpus_stats(records)
     training = {
+        "sources": licence_table(cfg.collections or []),
+        "redistributable": not restricted,
+        "heldout_collections": cfg.heldout_collections,
         "tunes": stats["tunes"],
         "per_collection": stats["per_collection"],
         "corpus_sha256": data_snapshot(records)["sha256"],
-        **{k: history[k] for k in ("steps", "epochs", "seconds", "temperature")},
+        "roundtrips": trip_counts,
+        **{k: history[k] for k in ("steps", "epochs", "seconds", "temperature", "music_views")},
         "train_tunes": history["train_tunes"],
         "heldout_tunes": history["heldout_tunes"],
         "loss_curve": history["loss"][-20:],
     }
-    save_model(model, out, cfg=cfg, metrics={"heldout": metrics}, training=training)
+    save_model(model, args.out, cfg=cfg, metrics={"heldout": metrics}, training=training)
     print(json.dumps({"heldout": metrics, "history_evals": history["evals"]}, indent=2))

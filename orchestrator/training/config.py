@@ -34,6 +34,21 @@ class TrainConfig(BaseModel):
     # features are then computed once instead of every step (text was half a step's time).
     # 0 draws a fresh text every step.
     text_variants: int = 8
+    # Music views per training tune besides its own text: `music_views` augmented copies
+    # (orchestrator.training.augment, each op with probability augment_p), plus the cached
+    # MusicXML and MIDI round trips when the run has a round-trip cache. Each step pairs the
+    # text with one view and, weighted by music_loss_weight, that view with another view of
+    # the same tune (music->music InfoNCE): what makes a converted file find its original.
+    music_views: int = 0
+    augment_p: float = 0.5
+    music_loss_weight: float = 0.0
+    # Views are cut to this many patches: a MIDI round trip is twice its original's length
+    # (repeats expanded, a second voice of rests), and one such view in a batch pads every
+    # row to it; cutting them made steps ~2x faster. None: max_patches.
+    view_max_patches: int | None = None
+    # Corpus runs only: music21 folders trained on, and the ones kept out for evaluation.
+    collections: list[str] | None = None
+    heldout_collections: list[str] = Field(default_factory=list)
     # bf16 autocast on CPU; CUDA always runs mixed precision (bf16, else fp16 + loss scaling).
     bf16: bool = False
     threads: int = 2

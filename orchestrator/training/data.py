@@ -7,7 +7,7 @@ import importlib.util
 import random
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +24,7 @@ HELDOUT_PERCENT = 10
 # Top-level folders of music21/corpus that hold ABC, with the names people know them by.
 COLLECTIONS: dict[str, str] = {
     "essenFolksong": "Essen folk song collection",
-    "oneills1850": "O'Neill's Music of Ireland (1850)",
+    "oneills1850": "O'Neill's Music of Ireland",
     "ryansMammoth": "Ryan's Mammoth Collection",
     "airdsAirs": "Aird's Selection of Scotch, English, Irish and Foreign Airs",
     "miscFolk": "folk tunes",
@@ -94,6 +94,11 @@ DANCES: dict[str, str] = {
     "minuet": "minuet",
     "country dance": "country dance",
 }
+# Dance names trusted at the end of a title; "air" or "march" there are too often no dance.
+TITLE_DANCES = frozenset(
+    {"reel", "jig", "slip jig", "hornpipe", "strathspey", "waltz", "polka", "clog"}
+)
+_TITLE_WORDS = re.compile(r"[a-z]+")
 MODES: dict[str, str] = {
     "": "major",
     "maj": "major",
@@ -237,6 +242,14 @@ def normalise_rhythm(rhythm: str | None, title: str | None) -> tuple[str | None,
         dance = DANCES.get(title.rsplit(" -- ", 1)[1].strip().lower())
         if dance is not None:
             return dance, genre
+    if title:
+        # Aird's and O'Neill's name the dance in the title alone ("Miss Hay's Reel.",
+        # "The Soldier's Hornpipe"): the last one or two words, when they are a dance type.
+        words = _TITLE_WORDS.findall(title.lower())
+        for size in (2, 1):
+            dance = DANCES.get(" ".join(words[-size:])) if len(words) >= size else None
+            if dance is not None and dance in TITLE_DANCES:
+                return dance, genre
     return None, genre
 
 
@@ -302,12 +315,17 @@ def record_from_piece(piece: ParsedPiece, collection: str, source: str) -> TuneR
     return record_from_header(piece.header, piece.music_text, piece.patch_count, collection, source)
 
 
-def iter_corpus(root: Path | None = None) -> Iterator[tuple[ParsedPiece, TuneRecord]]:
-    """Every readable tune of the corpus once, in file order (first copy of a duplicate)."""
+def iter_corpus(
+    root: Path | None = None, collections: Collection[str] | None = None
+) -> Iterator[tuple[ParsedPiece, TuneRecord]]:
+    """Every readable tune of the corpus (or of the named top folders) once, in file order
+    (first copy of a duplicate)."""
     root = corpus_root() if root is None else root
     seen: set[str] = set()
     for path in abc_files(root):
         relative = path.relative_to(root)
+        if collections is not None and relative.parts[0] not in collections:
+            continue
         text, _ = decode_abc_bytes(path.read_bytes())
         for result in parse_abc_text(text):
             if not isinstance(result, ParsedPiece):
@@ -319,8 +337,12 @@ def iter_corpus(root: Path | None = None) -> Iterator[tuple[ParsedPiece, TuneRec
             yield result, record
 
 
-def load_corpus(root: Path | None = None) -> list[TuneRecord]:
-    return [record for _, record in iter_corpus(root)]
+def load_corpus(
+    root: Path | None = None, collections: Collection[str] | None = None
+) -> list[TuneRecord]:
+    """Records of the corpus; `collections` (top folder names) limits which folders are read:
+    see orchestrator.training.sources for which ones a run may use."""
+    return [record for _, record in iter_corpus(root, collections)]
 
 
 def split_of(key_hash: str, salt: bytes = SPLIT_SALT) -> Split:

