@@ -146,17 +146,16 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
         )
     records = load_corpus(collections=cfg.collections)
+    train_set, heldout = split_records(records, cfg.split_salt_bytes())
     roundtrips: RoundTrips | None = None
     trip_counts: dict[str, int] = {}
     if not args.no_roundtrips:
-        train_set, _ = split_records(records, cfg.split_salt_bytes())
         roundtrips, trip_counts = round_trip_lookup(
             args.roundtrip_cache or default_cache_dir(),
             [(r.key_hash, r.music_text) for r in train_set],
             args.convert_workers,
         )
     model, _, history = train(cfg, records, roundtrips=roundtrips)
-    _, heldout = split_records(records, cfg.split_salt_bytes())
     metrics = evaluate_heldout(
         ClampEncoder(in_memory_clamp(model, load_tokenizer(minilm_dir()), cfg.name)), heldout
     )

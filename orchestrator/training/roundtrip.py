@@ -16,10 +16,9 @@ import hashlib
 import json
 import logging
 import multiprocessing
-import multiprocessing.pool
 import re
 import signal
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,15 +174,13 @@ class RoundTripCache:
         # spawn: the parent may hold torch threads, which fork would copy half-initialised.
         context = multiprocessing.get_context("spawn")
         with self.path.open("a", encoding="utf-8") as out, context.Pool(workers) as pool:
-            for done, trip in enumerate(_imap(pool, todo), start=1):
+            # chunksize 1 and no maxtasksperchild: tunes vary from 0.1 s to the alarm, and
+            # music21's import (1-2 s) would dominate if workers were replaced.
+            trips = pool.imap_unordered(_convert_one, todo, chunksize=1)
+            for done, trip in enumerate(trips, start=1):
                 self.entries[(trip.key, trip.format)] = trip
                 out.write(json.dumps(trip.__dict__) + "\n")
                 counts["converted" if trip.music_text else "failed"] += 1
                 if progress is not None:
                     progress(done, len(todo))
         return counts
-
-
-def _imap(pool: multiprocessing.pool.Pool, todo: list[tuple[str, str, str]]) -> Iterator[RoundTrip]:
-    # maxtasksperchild is not used: music21's import (1-2 s) would dominate small tasks.
-    yield from pool.imap_unordered(_convert_one, todo, chunksize=1)
