@@ -312,3 +312,24 @@ def test_bench_sections_on_a_tiny_model(tiny_model_dir: Path) -> None:
     unseen = unseen_eval(encoder, {"ryansMammoth": records}, cache, templates)  # type: ignore[arg-type]
     assert unseen["ryansMammoth"]["n"] == 8
     json.dumps({"heldout": heldout, "unseen": unseen})
+
+
+def test_bench_scores_a_fold_model_on_the_collection_it_never_saw(tmp_path: Path) -> None:
+    from bench.eval import heldout_records, trained_on, unseen_records
+
+    fold = {"collections": ["airdsAirs", "ryansMammoth"], "heldout_collections": ["oneills1850"]}
+    (tmp_path / "manifest.json").write_text(json.dumps({"train_config": fold}))
+    trained, held_out = trained_on(tmp_path)
+    assert (trained, held_out) == (fold["collections"], ["oneills1850"])
+    records = [
+        replace(tune(i, "reel"), collection=c)
+        for i, c in enumerate(["oneills1850", "airdsAirs", "ryansMammoth"] * 40)
+    ]
+    unseen = unseen_records(records, held_out, None)
+    assert list(unseen) == ["oneills1850"] and len(unseen["oneills1850"]) == 40
+    heldout = heldout_records(records, trained, None)
+    assert heldout and {r.collection for r in heldout} <= {"airdsAirs", "ryansMammoth"}
+    # A published checkpoint carries no training record: nothing is unseen by default.
+    published = tmp_path / "published"
+    published.mkdir()
+    assert trained_on(published)[1] == []

@@ -334,6 +334,17 @@ def test_command_line_flags_override_the_config_file(tmp_path: Path) -> None:
     assert "ryansMammoth" not in cfg.collections
 
 
+def test_a_fold_run_never_sees_its_collection() -> None:
+    from orchestrator.training.cli import parse_config
+    from orchestrator.training.sources import LOCO_FOLDS
+
+    for fold in LOCO_FOLDS:
+        _, cfg = parse_config(["--out", "m", "--heldout-collection", fold])
+        assert cfg.heldout_collections == [fold]
+        assert cfg.collections is not None and fold not in cfg.collections
+        assert len(cfg.collections) >= 3
+
+
 def test_restricted_sources_need_an_explicit_opt_in() -> None:
     from orchestrator.training.cli import parse_config
     from orchestrator.training.sources import SOURCES, UnknownSourceError, training_collections

@@ -50,6 +50,26 @@ def test_cache_converts_once_and_persists(tmp_path: Path) -> None:
     assert again.entries[(content_key("junk"), "midi")].error
 
 
+def test_cache_takes_what_another_process_wrote_meanwhile(tmp_path: Path) -> None:
+    tunes = [(content_key(REEL), REEL)]
+    late = RoundTripCache(tmp_path)  # opened before the other process filled the file
+    assert RoundTripCache(tmp_path).fill(tunes, workers=1)["converted"] == 2
+    assert late.fill(tunes, workers=1) == {"converted": 0, "failed": 0, "cached": 2}
+    assert len(late.path.read_text().splitlines()) == 2  # nothing converted twice
+
+
+def test_cache_redoes_a_line_cut_short(tmp_path: Path) -> None:
+    tunes = [(content_key(REEL), REEL)]
+    RoundTripCache(tmp_path).fill(tunes, workers=1)
+    path = RoundTripCache(tmp_path).path
+    lines = path.read_text().splitlines()
+    path.write_text(lines[0] + "\n" + lines[1][:40])  # a writer killed mid-line
+    reopened = RoundTripCache(tmp_path)
+    assert reopened.fill(tunes, workers=1)["cached"] == 1
+    assert all(reopened.get(content_key(REEL), f) for f in ("musicxml", "midi"))
+    assert RoundTripCache(tmp_path).fill(tunes, workers=1)["cached"] == 2  # and kept it
+
+
 def test_views_are_deterministic_and_start_with_the_original() -> None:
     tune = record(music_text=REEL, key_hash=content_key(REEL))
     first = tune_views(tune, 4, seed=0, p=0.5, roundtrips=lambda key: ["M:4/4\nK:D\nd4|\n"])

@@ -12,6 +12,7 @@ gives a new cache rather than silently mixing outputs.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -117,6 +118,12 @@ def _convert_one(item: tuple[str, str, str]) -> RoundTrip:
         signal.signal(signal.SIGALRM, previous)
 
 
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as data:
+        data.seek(-1, 2)
+        return data.read(1) == b"\n"
+
+
 def cache_name() -> str:
     """File name of the cache for the installed converters."""
     from workers.convert import converter_versions
@@ -135,13 +142,20 @@ class RoundTripCache:
     def __init__(self, directory: Path) -> None:
         self.path = Path(directory) / cache_name()
         self.entries: dict[tuple[str, str], RoundTrip] = {}
-        if self.path.exists():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                if not line.strip():
-                    continue
+        self._load()
+
+    def _load(self) -> None:
+        if not self.path.exists():
+            return
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            try:
                 row = json.loads(line)
-                trip = RoundTrip(row["key"], row["format"], row.get("music_text"), row.get("error"))
-                self.entries[(trip.key, trip.format)] = trip
+            except json.JSONDecodeError:  # a line cut short by a killed writer: redo it
+                continue
+            trip = RoundTrip(row["key"], row["format"], row.get("music_text"), row.get("error"))
+            self.entries[(trip.key, trip.format)] = trip
 
     def get(self, key: str, target: str) -> str | None:
         trip = self.entries.get((key, target))
@@ -166,14 +180,34 @@ class RoundTripCache:
         Returns counts: converted, failed, cached (already there before this call).
         """
         tunes = list(dict(tunes).items())
+        if not self.missing(tunes):
+            return {"converted": 0, "failed": 0, "cached": len(tunes) * len(FORMATS)}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.with_suffix(".lock").open("a") as lock:
+            # Another process (a training run beside an eval) may be filling the same file:
+            # wait for it, then take what it wrote instead of converting the same tunes again.
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                self._load()
+                return self._convert(tunes, workers, progress)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _convert(
+        self,
+        tunes: list[tuple[str, str]],
+        workers: int,
+        progress: Callable[[int, int], None] | None,
+    ) -> dict[str, int]:
         todo = sorted(self.missing(tunes))
         counts = {"converted": 0, "failed": 0, "cached": len(tunes) * len(FORMATS) - len(todo)}
         if not todo:
             return counts
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         # spawn: the parent may hold torch threads, which fork would copy half-initialised.
         context = multiprocessing.get_context("spawn")
         with self.path.open("a", encoding="utf-8") as out, context.Pool(workers) as pool:
+            if out.tell() and not _ends_with_newline(self.path):
+                out.write("\n")  # end a line cut short, or the next one would join it
             # chunksize 1 and no maxtasksperchild: tunes vary from 0.1 s to the alarm, and
             # music21's import (1-2 s) would dominate if workers were replaced.
             trips = pool.imap_unordered(_convert_one, todo, chunksize=1)
