@@ -97,11 +97,12 @@ def wikimt_eval(encoder: Any, limit: int | None = None) -> dict[str, Any]:
 
 
 def sample(records: list[TuneRecord], limit: int | None) -> list[TuneRecord]:
-    """An even stride of `limit` records, as training's periodic eval samples: every
-    collection is represented."""
-    if not limit:
+    """`limit` records evenly spaced over the whole list, so every collection, and every
+    part of a book ordered by dance type, is represented (a stride of len // limit cut at
+    `limit` would stop short of the end)."""
+    if not limit or limit >= len(records):
         return records
-    return records[:: max(1, len(records) // limit)][:limit]
+    return [records[i * len(records) // limit] for i in range(limit)]
 
 
 def trained_on(model_dir: Path) -> tuple[list[str], list[str]]:

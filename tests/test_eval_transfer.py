@@ -333,3 +333,14 @@ def test_bench_scores_a_fold_model_on_the_collection_it_never_saw(tmp_path: Path
     published = tmp_path / "published"
     published.mkdir()
     assert trained_on(published)[1] == []
+
+
+def test_a_limited_bench_samples_the_whole_collection() -> None:
+    from bench.eval import sample
+
+    # A book ordered by dance type: 996 jigs then 996 hornpipes, as O'Neill's is ordered.
+    records = [tune(i, "jig" if i < 996 else "hornpipe") for i in range(1992)]
+    picked = sample(records, 800)
+    assert len(picked) == len({r.key_hash for r in picked}) == 800
+    assert sum(r.rhythm == "hornpipe" for r in picked) == 400
+    assert sample(records, None) == records and sample(records[:5], 800) == records[:5]
