@@ -194,6 +194,18 @@ def fill_cache(cache: RoundTripCache, records: Sequence[TuneRecord]) -> dict[str
     return cache.fill([(r.key_hash, r.music_text) for r in records], progress=progress)
 
 
+def collection_list(value: str) -> list[str]:
+    """ "oneills1850,ryansMammoth" -> the names; each must be a known music21 source."""
+    from orchestrator.training.sources import UnknownSourceError, check_known
+
+    names = [c.strip() for c in value.split(",") if c.strip()]
+    try:
+        check_known(names)
+    except UnknownSourceError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return names
+
+
 def parse_templates(value: str) -> tuple[str, ...]:
     """ "a {label}|a {label} tune" -> the templates; each must hold {label}."""
     from orchestrator.search import label_prompts
@@ -218,12 +230,12 @@ def main() -> None:
     parser.add_argument("--skip-wikimt", action="store_true")
     parser.add_argument(
         "--collections",
-        type=lambda v: [c for c in v.split(",") if c],
+        type=collection_list,
         help="comma-separated collections for the held-out split (default: the model's)",
     )
     parser.add_argument(
         "--unseen",
-        type=lambda v: [c for c in v.split(",") if c],
+        type=collection_list,
         help="comma-separated collections to score as unseen (default: the model's held out)",
     )
     parser.add_argument(
@@ -245,14 +257,12 @@ def main() -> None:
     from orchestrator.training.data import load_corpus
     from orchestrator.training.eval_transfer import rank_templates
     from orchestrator.training.roundtrip import RoundTripCache
-    from orchestrator.training.sources import check_known
     from workers.clamp import ClampEncoder, load_clamp
 
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.monotonic()
     trained, held_out = trained_on(args.model)
-    check_known([*(args.collections or []), *(args.unseen or [])])
     corpus = load_corpus()
     heldout = heldout_records(corpus, args.collections or trained, args.limit)
     unseen = unseen_records(

@@ -344,3 +344,13 @@ def test_a_limited_bench_samples_the_whole_collection() -> None:
     assert len(picked) == len({r.key_hash for r in picked}) == 800
     assert sum(r.rhythm == "hornpipe" for r in picked) == 400
     assert sample(records, None) == records and sample(records[:5], 800) == records[:5]
+
+
+def test_bench_collection_flags_refuse_an_unknown_name() -> None:
+    import argparse
+
+    from bench.eval import collection_list
+
+    assert collection_list("oneills1850, ryansMammoth,") == ["oneills1850", "ryansMammoth"]
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown source"):
+        collection_list("oneills1850,nonsense")
