@@ -13,8 +13,7 @@ finding its ABC original).
 unseen: every tune of each collection the model's manifest says it never trained on (a
 leave-one-collection-out fold run: `python -m orchestrator.training --heldout-collection C`),
 with chord symbols added: retrieval, rhythm zero-shot and cross-format as above. The shipped
-model trains on every redistributable collection, so it has no unseen section; its fold
-runs do.
+model is the Ryan's fold; sources.LOCO_FOLDS names the others.
 
 template_ranking: each candidate rhythm template, and a greedy ensemble, on the held-out
 split (never on an unseen collection).
@@ -225,7 +224,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="model directory")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--limit", type=int, help="first N pieces of each set (smoke runs)")
+    parser.add_argument("--limit", type=int, help="N evenly spaced pieces of each set")
     parser.add_argument("--threads", type=int, help="torch intra-op threads")
     parser.add_argument("--skip-wikimt", action="store_true")
     parser.add_argument(
