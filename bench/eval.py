@@ -95,15 +95,6 @@ def wikimt_eval(encoder: Any, limit: int | None = None) -> dict[str, Any]:
     }
 
 
-def sample(records: list[TuneRecord], limit: int | None) -> list[TuneRecord]:
-    """`limit` records evenly spaced over the whole list, so every collection, and every
-    part of a book ordered by dance type, is represented (a stride of len // limit cut at
-    `limit` would stop short of the end)."""
-    if not limit or limit >= len(records):
-        return records
-    return [records[i * len(records) // limit] for i in range(limit)]
-
-
 def trained_on(model_dir: Path) -> tuple[list[str], list[str]]:
     """(collections the model trained on, collections it held out whole), from its
     manifest. A model without that record (a published checkpoint) reads as trained on the
@@ -119,17 +110,20 @@ def heldout_records(
     records: Sequence[TuneRecord], collections: Sequence[str], limit: int | None
 ) -> list[TuneRecord]:
     """The held-out split of `collections` (those the model trained on)."""
-    from orchestrator.training.data import split_records
+    from orchestrator.training.data import evenly_spaced, split_records
 
     _, heldout = split_records(records)
-    return sample([r for r in heldout if r.collection in set(collections)], limit)
+    return evenly_spaced([r for r in heldout if r.collection in set(collections)], limit)
 
 
 def unseen_records(
     records: Sequence[TuneRecord], collections: Sequence[str], limit: int | None
 ) -> dict[str, list[TuneRecord]]:
+    from orchestrator.training.data import evenly_spaced
+
     return {
-        name: sample([r for r in records if r.collection == name], limit) for name in collections
+        name: evenly_spaced([r for r in records if r.collection == name], limit)
+        for name in collections
     }
 
 

@@ -47,6 +47,7 @@ OP_NAMES = (
     "remove_decorations",
     "decorations",
     "rewrite_unit_length",
+    "respell_meter",
     "regroup_lines",
     "shuffle_header",
     "drop_header_fields",
@@ -307,6 +308,47 @@ def test_unit_length_rewrite_keeps_pitches_and_durations() -> None:
         out = aug.rewrite_unit_length(tune, random.Random(1))
         assert re.search(r"^L:", out, re.M)
         assert events(out) == events(tune)
+
+
+def test_meter_respelling_moves_reels_between_2_4_and_cut_time_keeping_every_bar() -> None:
+    tune = "X:1\nT:r\nM:2/4\nL:1/16\nK:D\nABcd efge|dBAF D4:|\n"
+    outputs = {aug.respell_meter(tune, random.Random(seed)) for seed in range(40)}
+    headers = {tuple(out.split("\n")[2:4]) for out in outputs}
+    assert headers == {("M:2/2", "L:1/8"), ("M:C|", "L:1/8"), ("M:4/4", "L:1/8"), ("M:C", "L:1/8")}
+    assert {out.split("\nK:D\n")[1] for out in outputs} == {"ABcd efge|dBAF D4:|\n"}
+    # Back from cut time: 2/4 about half of the time (the split that tells books apart).
+    cut = "X:1\nM:C|\nK:G\nGABc dBGB|\n"
+    back = [aug.respell_meter(cut, random.Random(seed)) for seed in range(200)]
+    assert 70 <= sum("M:2/4\nL:1/16\n" in out for out in back) <= 130
+    assert all(out.endswith("K:G\nGABc dBGB|\n") for out in back)
+
+
+@pytest.mark.parametrize(
+    "tune",
+    [
+        "X:1\nM:6/8\nL:1/8\nK:D\nABc def|\n",  # not duple
+        "X:1\nM:2/4\nL:1/16\nK:D\nABcd efge|[M:3/4]ABcdef|\n",  # meter changes in the body
+        "X:1\nM:2/4\nL:1/16\nK:D\nABcd efge|\nL:1/8\nAB cd|\n",  # unit changes in the body
+        "X:1\nM:2/4\nL:1/4\nK:D\nAB|\n",  # cut time would need L:1/2
+    ],
+)
+def test_meter_respelling_leaves_other_tunes_alone(tune: str) -> None:
+    assert all(aug.respell_meter(tune, random.Random(seed)) == tune for seed in range(20))
+
+
+def test_meter_respelling_scales_every_duration_by_one_factor_and_keeps_the_bars() -> None:
+    changed = 0
+    for tune in music21_sample():
+        out = aug.respell_meter(tune, random.Random(3))
+        if out == tune:
+            continue
+        changed += 1
+        before, after = events(tune), events(out)
+        assert [e[0] for e in after] == [e[0] for e in before]
+        ratios = {a[1] / b[1] for a, b in zip(after, before, strict=True) if b[1] and not b[2]}
+        assert len(ratios) == 1 and ratios <= {Fraction(1, 2), Fraction(1), Fraction(2)}, out
+        assert _music_lines(out) == _music_lines(tune)
+    assert changed >= 5
 
 
 # ---------------------------------------------------------------- chord symbols

@@ -335,8 +335,9 @@ def test_bench_scores_a_fold_model_on_the_collection_it_never_saw(tmp_path: Path
     assert trained_on(published)[1] == []
 
 
-def test_a_limited_bench_samples_the_whole_collection() -> None:
-    from bench.eval import sample
+def test_a_limited_sample_covers_the_whole_collection() -> None:
+    # Used by bench.eval --limit and by the training loop's periodic held-out check.
+    from orchestrator.training.data import evenly_spaced as sample
 
     # A book ordered by dance type: 996 jigs then 996 hornpipes, as O'Neill's is ordered.
     records = [tune(i, "jig" if i < 996 else "hornpipe") for i in range(1992)]

@@ -345,6 +345,23 @@ def test_a_fold_run_never_sees_its_collection() -> None:
         assert len(cfg.collections) >= 3
 
 
+def test_meter_spelling_is_an_opt_in_recorded_in_the_config(tmp_path: Path) -> None:
+    from orchestrator.training.augment import BASE_OPS
+    from orchestrator.training.cli import parse_config
+    from orchestrator.training.config import TrainConfig
+
+    _, cfg = parse_config(["--out", "m"])
+    assert cfg.augment_ops == list(BASE_OPS)
+    _, cfg = parse_config(["--out", "m", "--augment-op", "meter_spelling"])
+    assert cfg.augment_ops == [*BASE_OPS, "meter_spelling"]
+    # A manifest written before the field existed reads as the ops it was trained with.
+    assert TrainConfig.model_validate({"seed": 0}).augment_ops == list(BASE_OPS)
+    with pytest.raises(ValueError, match="known"):
+        TrainConfig(augment_ops=["meter"])
+    with pytest.raises(SystemExit):
+        parse_config(["--out", "m", "--augment-op", "transpose"])  # already in the recipe
+
+
 def test_restricted_sources_need_an_explicit_opt_in() -> None:
     from orchestrator.training.cli import parse_config
     from orchestrator.training.sources import SOURCES, UnknownSourceError, training_collections

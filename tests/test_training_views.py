@@ -85,3 +85,26 @@ def test_pick_two_gives_two_different_views() -> None:
     picks = [pick_two(5, rng) for _ in range(200)]
     assert all(a != b for a, b in picks)
     assert {a for a, _ in picks} == set(range(5))
+
+
+def test_meter_spelling_is_opt_in_and_gives_views_in_the_other_spelling() -> None:
+    from orchestrator.training.augment import BASE_OPS
+
+    half_bars = "M:2/4\nL:1/16\nK:D\n|:dAFA dAFA|BAFA D2FA|dAFA dAFA|BAGF E2FE:|\n"
+    tune = record(music_text=half_bars, key_hash=content_key(half_bars))
+    meters = {
+        ops: {
+            line
+            for seed in range(4)
+            for view in tune_views(tune, 4, seed, 0.5, None, ops)
+            for line in view.splitlines()
+            if line.startswith("M:")
+        }
+        for ops in (BASE_OPS, (*BASE_OPS, "meter_spelling"))
+    }
+    assert meters[BASE_OPS] == {"M:2/4"}  # the shipped recipe never respells the meter
+    assert meters[(*BASE_OPS, "meter_spelling")] - {"M:2/4"}
+    # Opting in leaves the recipe's own copies alone wherever the new op was not drawn.
+    with_op = tune_views(tune, 4, 0, 0.5, None, (*BASE_OPS, "meter_spelling"))
+    base = tune_views(tune, 4, 0, 0.5, None, BASE_OPS)
+    assert any(view in base[1:] for view in with_op[1:])

@@ -6,7 +6,7 @@ Every op is a pure function ``(tune_text, rng) -> tune_text`` on one tune (as in
 
 * ``augment_pitch``: transposition (notes, K: fields and chord symbols together);
 * ``augment_notation``: chord symbols added/removed, decorations added/removed;
-* ``augment_unit``: L: unit rewrites;
+* ``augment_unit``: L: unit rewrites, duple meter respelling (2/4 <-> C|);
 * ``augment_layout``: music line breaks, header field order and dropout.
 """
 
@@ -31,10 +31,15 @@ from orchestrator.training.augment_notation import (
     remove_decorations,
 )
 from orchestrator.training.augment_pitch import TRANSPOSE_RANGE, transpose, transpose_by
-from orchestrator.training.augment_unit import rewrite_unit_length, scale_unit_length
+from orchestrator.training.augment_unit import (
+    respell_meter,
+    rewrite_unit_length,
+    scale_unit_length,
+)
 from workers.abc import ParsedPiece, parse_abc_text
 
 __all__ = [
+    "BASE_OPS",
     "DROPPABLE_FIELDS",
     "OPS",
     "TRANSPOSE_RANGE",
@@ -49,6 +54,7 @@ __all__ = [
     "regroup_lines",
     "remove_chord_symbols",
     "remove_decorations",
+    "respell_meter",
     "rewrite_unit_length",
     "scale_unit_length",
     "shuffle_header",
@@ -68,7 +74,13 @@ OPS: dict[str, AbcOp] = {
     "line_breaks": regroup_lines,
     "header_order": shuffle_header,
     "header_dropout": drop_header_fields,
+    # Last, so that adding it left every draw of the ops above as it was: runs without it
+    # (the shipped model's) get exactly the copies they got before. It reads M: and L:
+    # wherever the header shuffle put them.
+    "meter_spelling": respell_meter,
 }
+# The ops of the shipped recipe; a run opts in to others (TrainConfig.augment_ops).
+BASE_OPS: tuple[str, ...] = tuple(name for name in OPS if name != "meter_spelling")
 
 
 def parses(tune_text: str) -> bool:

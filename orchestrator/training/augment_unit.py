@@ -1,4 +1,4 @@
-"""The L: unit augmentation: the same music with another note-length spelling."""
+"""Note-length spelling augmentations: another L: unit, or another duple meter spelling."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from orchestrator.training.abc_text import (
 )
 from orchestrator.training.augment_pitch import read_note
 
-__all__ = ["rewrite_unit_length", "scale_unit_length"]
+__all__ = ["DUPLE_METERS", "respell_meter", "rewrite_unit_length", "scale_unit_length"]
 
 _METER = re.compile(r"(\d+(?:\+\d+)*)\s*/\s*(\d+)")
 
@@ -161,3 +161,68 @@ def rewrite_unit_length(tune_text: str, rng: random.Random) -> str:
     if not Fraction(1, 64) <= unit / factor <= 1:
         factor = 1 / factor
     return scale_unit_length(tune_text, factor, short_halves=rng.random() < 0.5)
+
+
+# Duple and quadruple meters, as written in M:, with what one bar lasts in whole notes.
+# Tune books write the same reel or hornpipe bar as 2/4 with L:1/16 or as C| with L:1/8
+# (O'Neill's writes its reels one way and many hornpipes the other; Ryan's mixes both for
+# both), so the meter line alone told a model trained on one book the dance type.
+DUPLE_METERS: dict[str, Fraction] = {
+    "2/4": Fraction(1, 2),
+    "2/2": Fraction(1),
+    "C|": Fraction(1),
+    "4/4": Fraction(1),
+    "C": Fraction(1),
+}
+_PLAUSIBLE_UNITS = {Fraction(1, 2**k) for k in range(2, 6)}  # 1/4 .. 1/32
+
+
+def _field_value(line: str) -> str:
+    return line[2:].split("%", 1)[0].strip()
+
+
+def respell_meter(tune_text: str, rng: random.Random) -> str:
+    """The same bars under another duple meter spelling: M: and L: change together so
+    that every bar still holds the same number of units, and the body is untouched
+    (``M:2/4 L:1/16`` <-> ``M:C| L:1/8`` <-> ``M:4/4 L:1/8``...).
+
+    What changes is how long the notes are said to be, not the notes or the bars: the
+    written text of every bar stays the same. Unchanged for other meters, for tunes that
+    change meter or unit in the body, and where no other spelling keeps L: between 1/4
+    and 1/32.
+    """
+    lines = split_lines(tune_text)
+    if lines is None:
+        return tune_text
+    meters = [i for i, line in enumerate(lines.header) if line.startswith("M:")]
+    units = [i for i, line in enumerate(lines.header) if line.startswith("L:")]
+    if len(meters) != 1 or len(units) > 1:
+        return tune_text
+    meter = _field_value(lines.header[meters[0]])
+    if meter not in DUPLE_METERS:
+        return tune_text
+    for line in lines.body:
+        if re.match(r"[ML]:", line) or re.search(r"\[[ML]:", line):
+            return tune_text
+    unit = _unit_value(lines.header[units[0]][2:]) if units else _default_unit(lines.header)
+    if unit is None:
+        return tune_text
+    choices = [
+        (other, unit * bar / DUPLE_METERS[meter])
+        for other, bar in DUPLE_METERS.items()
+        if other != meter and unit * bar / DUPLE_METERS[meter] in _PLAUSIBLE_UNITS
+    ]
+    if not choices:
+        return tune_text
+    # Half bar or whole bar first, then a spelling of it: otherwise a whole-bar tune would
+    # move to 2/4 only one time in four, and that split is the one that misleads.
+    lengths = sorted({DUPLE_METERS[other] for other, _ in choices})
+    bar = rng.choice(lengths)
+    new_meter, new_unit = rng.choice([c for c in choices if DUPLE_METERS[c[0]] == bar])
+    header = list(lines.header)
+    header[meters[0]] = f"M:{new_meter}"
+    if units:
+        header[units[0]] = f"L:{_unit_text(new_unit)}"
+    else:
+        header.insert(len(header) - 1, f"L:{_unit_text(new_unit)}")
+    return "\n".join(header + lines.body)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from orchestrator.training.augment import BASE_OPS, OPS
 from orchestrator.training.catalogue import data_snapshot
 from orchestrator.training.config import TrainConfig
 from orchestrator.training.data import corpus_stats, load_corpus, split_records
@@ -82,6 +83,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-roundtrips", action="store_true", help="no MusicXML/MIDI round-trip views"
     )
     parser.add_argument("--convert-workers", type=int, default=2)
+    parser.add_argument(
+        "--augment-op",
+        action="append",
+        default=[],
+        metavar="OP",
+        choices=sorted(set(OPS) - set(BASE_OPS)),
+        help="add an augmentation to the recipe's (meter_spelling: reels and hornpipes "
+        "written as 2/4 with L:1/16 or as cut time with L:1/8, both ways)",
+    )
     return parser.parse_args(argv)
 
 
@@ -97,6 +107,9 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     )
     values["heldout_collections"] = list(heldout)
     values["collections"] = training_collections(args.include_restricted, heldout)
+    if args.augment_op:
+        ops = values.get("augment_ops", list(BASE_OPS))
+        values["augment_ops"] = [*ops, *(op for op in args.augment_op if op not in ops)]
     for key, value in (
         ("minutes", args.minutes),
         ("max_steps", args.steps),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+
+from orchestrator.training.augment import BASE_OPS, OPS
 
 
 class TrainConfig(BaseModel):
@@ -41,6 +43,18 @@ class TrainConfig(BaseModel):
     # the same tune (music->music InfoNCE): what makes a converted file find its original.
     music_views: int = 0
     augment_p: float = 0.5
+    # Ops the copies draw from (orchestrator.training.augment.OPS); a manifest without this
+    # field was trained with these.
+    augment_ops: list[str] = Field(default_factory=lambda: list(BASE_OPS))
+
+    @field_validator("augment_ops")
+    @classmethod
+    def _known_ops(cls, ops: list[str]) -> list[str]:
+        unknown = sorted(set(ops) - set(OPS))
+        if unknown:
+            raise ValueError(f"unknown augmentation(s) {unknown}; known: {list(OPS)}")
+        return ops
+
     music_loss_weight: float = 0.0
     # Views are cut to this many patches: a MIDI round trip is twice its original's length
     # (repeats expanded, a second voice of rests), and one such view in a batch pads every

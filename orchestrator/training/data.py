@@ -357,6 +357,15 @@ def split_of(key_hash: str, salt: bytes = SPLIT_SALT) -> Split:
     return "heldout" if bucket < HELDOUT_PERCENT else "train"
 
 
+def evenly_spaced(records: Sequence[TuneRecord], limit: int | None) -> list[TuneRecord]:
+    """`limit` records evenly spaced over the whole list, so every collection, and every
+    part of a book ordered by dance type, is represented (a stride of len // limit cut at
+    `limit` would stop short of the end)."""
+    if not limit or limit >= len(records):
+        return list(records)
+    return [records[i * len(records) // limit] for i in range(limit)]
+
+
 def split_records(
     records: Iterable[TuneRecord], salt: bytes = SPLIT_SALT
 ) -> tuple[list[TuneRecord], list[TuneRecord]]:

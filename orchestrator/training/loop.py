@@ -14,7 +14,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from orchestrator.training.config import TrainConfig
-from orchestrator.training.data import TuneRecord, sample_text, split_records
+from orchestrator.training.data import TuneRecord, evenly_spaced, sample_text, split_records
 from orchestrator.training.eval import evaluate_heldout
 from orchestrator.training.loss import same_text_mask
 from orchestrator.training.model import (
@@ -175,13 +175,12 @@ def train(
         cfg.max_patches,
         roundtrips,
         cfg.view_max_patches,
+        cfg.augment_ops,
     )
     lengths = [len(v[0]) for v in views]  # batches group by the original's length
     multi_view = any(len(v) > 1 for v in views)
     view_rng = random.Random(cfg.seed + 3)
-    # An even stride over the held-out list, so every collection shows up in the sample.
-    stride = max(1, len(heldout) // cfg.eval_limit) if cfg.eval_limit else 1
-    eval_set = list(heldout[::stride][: cfg.eval_limit] if cfg.eval_limit else heldout)
+    eval_set = evenly_spaced(heldout, cfg.eval_limit)
     text_rng = random.Random(cfg.seed)
     variants = [[sample_text(r, text_rng) for _ in range(cfg.text_variants)] for r in train_set]
 

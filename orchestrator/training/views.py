@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from orchestrator.training.augment import augment
+from orchestrator.training.augment import BASE_OPS, augment
 from orchestrator.training.data import TuneRecord
 from workers.abc import ParsedPiece, encode_patches, parse_abc_text
 
@@ -23,7 +23,9 @@ def encoder_text(tune_text: str) -> str | None:
     return None
 
 
-def augmented_texts(record: TuneRecord, count: int, seed: int, p: float) -> list[str]:
+def augmented_texts(
+    record: TuneRecord, count: int, seed: int, p: float, ops: Sequence[str] = BASE_OPS
+) -> list[str]:
     """`count` augmented copies (distinct from the original and each other), deterministic
     for a record and seed; fewer when the ops leave the tune unchanged."""
     tune = "X:1\n" + record.music_text
@@ -31,17 +33,22 @@ def augmented_texts(record: TuneRecord, count: int, seed: int, p: float) -> list
     for variant in range(count):
         # One augment seed per (run seed, variant): the same tune gets the same copies
         # in every run with this seed, whatever else is in the corpus.
-        text = encoder_text(augment(tune, seed * 1000 + variant, p=p))
+        text = encoder_text(augment(tune, seed * 1000 + variant, ops=ops, p=p))
         if text and text != record.music_text and text not in texts:
             texts.append(text)
     return texts
 
 
 def tune_views(
-    record: TuneRecord, count: int, seed: int, p: float, roundtrips: RoundTrips | None
+    record: TuneRecord,
+    count: int,
+    seed: int,
+    p: float,
+    roundtrips: RoundTrips | None,
+    ops: Sequence[str] = BASE_OPS,
 ) -> list[str]:
     """The original first, then augmented copies, then round trips; no duplicates."""
-    views = [record.music_text, *augmented_texts(record, count, seed, p)]
+    views = [record.music_text, *augmented_texts(record, count, seed, p, ops)]
     for text in roundtrips(record.key_hash) if roundtrips is not None else []:
         if text not in views:
             views.append(text)
@@ -56,12 +63,13 @@ def view_patches(
     max_patches: int,
     roundtrips: RoundTrips | None = None,
     view_max_patches: int | None = None,
+    ops: Sequence[str] = BASE_OPS,
 ) -> list[list[np.ndarray]]:
     """Per record, the patch arrays of its views (original first, up to max_patches; the
     others up to view_max_patches when given)."""
     rows: list[list[np.ndarray]] = []
     for record in records:
-        original, *others = tune_views(record, count, seed, p, roundtrips)
+        original, *others = tune_views(record, count, seed, p, roundtrips, ops)
         limit = min(max_patches, view_max_patches or max_patches)
         rows.append(
             [encode_patches(original, max_patches)]
