@@ -345,7 +345,7 @@ def test_a_fold_run_never_sees_its_collection() -> None:
         assert len(cfg.collections) >= 3
 
 
-def test_meter_spelling_is_an_opt_in_recorded_in_the_config(tmp_path: Path) -> None:
+def test_meter_spelling_is_an_opt_in_recorded_in_the_config() -> None:
     from orchestrator.training.augment import BASE_OPS
     from orchestrator.training.cli import parse_config
     from orchestrator.training.config import TrainConfig

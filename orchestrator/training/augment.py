@@ -47,6 +47,7 @@ __all__ = [
     "add_chord_symbols",
     "add_decorations",
     "augment",
+    "check_ops",
     "chord_symbols",
     "decorations",
     "drop_header_fields",
@@ -83,6 +84,15 @@ OPS: dict[str, AbcOp] = {
 BASE_OPS: tuple[str, ...] = tuple(name for name in OPS if name != "meter_spelling")
 
 
+def check_ops(ops: Iterable[str]) -> list[str]:
+    """The op names, as a list; ValueError naming the known ones if any is not in OPS."""
+    names = list(ops)
+    unknown = sorted(set(names) - set(OPS))
+    if unknown:
+        raise ValueError(f"unknown augmentation(s) {unknown}; known: {list(OPS)}")
+    return names
+
+
 def parses(tune_text: str) -> bool:
     """Whether the text is exactly one tune the encoder can read."""
     results = parse_abc_text(tune_text)
@@ -109,10 +119,7 @@ def augment(
     An op whose result would not parse as one tune, or that fails on an odd tune, is
     skipped: one strange tune must not stop a training run.
     """
-    wanted = set(ops)
-    unknown = wanted - set(OPS)
-    if unknown:
-        raise ValueError(f"unknown augmentation(s) {sorted(unknown)}; known: {list(OPS)}")
+    wanted = set(check_ops(ops))
     chooser = _rng(abc_text, seed, "choose")
     text = abc_text
     for name, op in OPS.items():

@@ -207,10 +207,11 @@ def respell_meter(tune_text: str, rng: random.Random) -> str:
     unit = _unit_value(lines.header[units[0]][2:]) if units else _default_unit(lines.header)
     if unit is None:
         return tune_text
+    units_per_whole = unit / DUPLE_METERS[meter]  # the new L: is this times the new bar
     choices = [
-        (other, unit * bar / DUPLE_METERS[meter])
+        (other, units_per_whole * bar)
         for other, bar in DUPLE_METERS.items()
-        if other != meter and unit * bar / DUPLE_METERS[meter] in _PLAUSIBLE_UNITS
+        if other != meter and units_per_whole * bar in _PLAUSIBLE_UNITS
     ]
     if not choices:
         return tune_text
