@@ -355,9 +355,8 @@ def test_meter_respelling_scales_every_duration_by_one_factor_and_keeps_the_bars
 
 
 def chord_symbols_of(text: str) -> list[str]:
-    return [
-        s for s in re.findall(r'"([^"]*)"', "\n".join(_music_lines(text))) if s[:1] not in "^_<>@"
-    ]
+    quoted = re.findall(r'"([^"]*)"', "\n".join(_music_lines(text)))
+    return [s for s in quoted if s[:1] not in "^_<>@" and not s.strip().isdigit()]
 
 
 def test_chord_symbols_removed_and_added_keep_the_music() -> None:
@@ -374,7 +373,7 @@ def test_chord_symbols_removed_and_added_keep_the_music() -> None:
             added += 1
         assert events(out) == events(tune), out
         assert aug.chord_symbols(tune, random.Random(i)) == out
-    assert removed >= 3 and added >= 10
+    assert removed >= 2 and added >= 10
 
 
 def test_added_chords_are_the_keys_primary_chords_at_bar_starts() -> None:
@@ -397,6 +396,17 @@ def test_chords_are_not_stacked_on_a_tune_that_has_some() -> None:
     tune = 'X:1\nM:4/4\nL:1/8\nK:G\n"G"GABc dBGB|\n'
     assert aug.add_chord_symbols(tune, random.Random(0)) == tune
     assert aug.chord_symbols(tune, random.Random(0)) == "X:1\nM:4/4\nL:1/8\nK:G\nGABc dBGB|\n"
+
+
+def test_fingerings_are_not_chord_symbols() -> None:
+    # Ryan's writes fingerings where chord symbols go: chords are added beside them, and
+    # removing chords keeps them.
+    tune = 'X:1\nM:4/4\nL:1/8\nK:G\n"4"GABc "0"dBGB|cBce dcBA|\n'
+    out = aug.add_chord_symbols(tune, random.Random(0))
+    assert chord_symbols_of(out) and out.count('"4"') == 1 and out.count('"0"') == 1
+    assert aug.remove_chord_symbols(out, random.Random(0)) == tune
+    assert aug.chord_symbols(tune, random.Random(0)) == out
+    assert events(out) == events(tune)
 
 
 def test_removing_chords_keeps_annotations_and_drops_emptied_lines() -> None:

@@ -220,6 +220,13 @@ def test_unseen_view_adds_chord_symbols_deterministically() -> None:
     assert len(parsed) == 1 and isinstance(parsed[0], ParsedPiece)
 
 
+def test_unseen_view_adds_chord_symbols_beside_fingerings() -> None:
+    record = tune(0, text='M:6/8\nL:1/8\nK:G\n"4"GAG GAB|"0"ABA ABd|edd gdd|\n')
+    view = unseen_view(record)
+    quoted = re.findall(r'"([^"]*)"', view)
+    assert any(s[:1] in "ABCDEFG" for s in quoted) and {"4", "0"} <= set(quoted)
+
+
 def test_unseen_view_keeps_a_tune_that_has_chords_already() -> None:
     record = tune(0, text='M:6/8\nL:1/8\nK:G\n"G"GAG GAB|"D"ABA ABd|\n')
     assert unseen_view(record) == record.music_text

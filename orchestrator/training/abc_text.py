@@ -97,9 +97,20 @@ def join_tokens(tokens: list[Token]) -> str:
     return "".join(token.text for token in tokens)
 
 
+def _is_fingering(token: Token) -> bool:
+    """A quoted fingering ("4"): some collections (Ryan's, 448 tunes) write them where chord
+    symbols go, but no chord symbol is all digits."""
+    return token.kind == "string" and token.text[1:-1].strip().isdigit()
+
+
 def is_chord_symbol(token: Token) -> bool:
-    """A quoted chord symbol ("Am7"); quoted text starting with ^ _ < > @ is an annotation."""
-    return token.kind == "string" and token.text[1:2] not in ("^", "_", "<", ">", "@", '"', "")
+    """A quoted chord symbol ("Am7"); quoted text starting with ^ _ < > @ is an annotation,
+    and quoted digits are a fingering."""
+    return (
+        token.kind == "string"
+        and token.text[1:2] not in ("^", "_", "<", ">", "@", '"', "")
+        and not _is_fingering(token)
+    )
 
 
 @dataclass

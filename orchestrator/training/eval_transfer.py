@@ -273,7 +273,7 @@ def unseen_view(record: TuneRecord) -> str:
         changed = add_chord_symbols(tune, rng)
     except Exception:  # one odd tune must not stop an evaluation; it keeps its text
         return record.music_text
-    if changed == tune:  # it has chord symbols (or fingerings that read as such) already
+    if changed == tune:  # it has chord symbols already
         return record.music_text
     parsed = parse_abc_text(changed)
     if len(parsed) != 1 or not isinstance(parsed[0], ParsedPiece):
