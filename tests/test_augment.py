@@ -46,6 +46,9 @@ OP_NAMES = (
     "add_decorations",
     "remove_decorations",
     "decorations",
+    "add_slurs",
+    "remove_slurs",
+    "slurs",
     "rewrite_unit_length",
     "respell_meter",
     "regroup_lines",
@@ -443,6 +446,57 @@ def test_added_decorations_come_from_a_small_per_tune_palette() -> None:
         assert out != tune and aug.remove_decorations(out, random.Random(0)) == bare
         marks = set(re.findall(r"![^!]+!|[~.TLMPuv]|\{[^}]*\}", out.rstrip().split("\n")[-1]))
         assert 1 <= len({m for m in marks if not m.startswith("{")}) <= 4
+
+
+# ---------------------------------------------------------------- slurs
+
+
+def test_remove_slurs_drops_every_slur_and_keeps_tuplets() -> None:
+    tune = 'X:1\nM:4/4\nL:1/8\nK:G\n("G"GA) .(Bc) (3(ABc) d2|(3ABc (d2e2)|\n'
+    out = aug.remove_slurs(tune, random.Random(0))
+    assert out.endswith('K:G\n"G"GA Bc (3ABc d2|(3ABc d2e2|\n')
+
+
+def test_slurs_added_and_removed_keep_the_music() -> None:
+    added = removed = 0
+    for i, tune in enumerate(music21_sample()):
+        out = aug.add_slurs(tune, random.Random(i))
+        added += out != tune
+        assert events(out) == events(tune), out
+        # music21 also ignores a broken rhythm whose second note starts with a slur, so
+        # removing such a slur would look like a change of the music.
+        if not re.search(r"[<>]\.?\(", tune):
+            out = aug.remove_slurs(tune, random.Random(i))
+            removed += out != tune
+            assert events(out) == events(tune), out
+    assert added >= len(music21_sample()) * 3 // 4 and removed >= 3
+
+
+def test_added_slurs_cover_two_or_three_plain_notes_and_never_nest() -> None:
+    tune = "X:1\nM:4/4\nL:1/8\nK:D\n" + "|".join(
+        ["DFAd (fd)AF", "G>Bdg f-fAF", "(3ABc d2 {g}f4"] * 6
+    )
+    tune += "|\n"
+    for seed in range(10):
+        out = aug.add_slurs(tune, random.Random(seed))
+        body = out.rstrip().split("\n")[-1]
+        assert out != tune and aug.remove_slurs(out, random.Random(0)) == aug.remove_slurs(
+            tune, random.Random(0)
+        )
+        depth = 0
+        for char in re.sub(r"\(\d", "", body):  # a tuplet mark opens no slur
+            depth += {"(": 1, ")": -1}.get(char, 0)
+            assert depth in (0, 1), body
+        for slurred in re.findall(r"\(([^)0-9]*)\)", body):
+            assert 2 <= len(re.findall(r"[A-Ga-g]", slurred)) <= 3, body
+            assert not re.search(r"[<>\-{]", slurred), body
+
+
+def test_slurs_op_removes_from_slurred_tunes_or_adds() -> None:
+    slurred = "X:1\nM:4/4\nL:1/8\nK:D\n(DF)Ad fdAF|GBdg fdAF|\n"
+    outs = {aug.slurs(slurred, random.Random(seed)) for seed in range(20)}
+    assert aug.remove_slurs(slurred, random.Random(0)) in outs
+    assert any(out.count("(") > 1 for out in outs)
 
 
 # ---------------------------------------------------------------- layout and header

@@ -5,7 +5,7 @@ Every op is a pure function ``(tune_text, rng) -> tune_text`` on one tune (as in
 :func:`augment` applies a random subset of them in a fixed order. Ops live in:
 
 * ``augment_pitch``: transposition (notes, K: fields and chord symbols together);
-* ``augment_notation``: chord symbols added/removed, decorations added/removed;
+* ``augment_notation``: chord symbols, decorations and slurs added/removed;
 * ``augment_unit``: L: unit rewrites, duple meter respelling (2/4 <-> C|);
 * ``augment_layout``: music line breaks, header field order and dropout.
 """
@@ -25,10 +25,13 @@ from orchestrator.training.augment_layout import (
 from orchestrator.training.augment_notation import (
     add_chord_symbols,
     add_decorations,
+    add_slurs,
     chord_symbols,
     decorations,
     remove_chord_symbols,
     remove_decorations,
+    remove_slurs,
+    slurs,
 )
 from orchestrator.training.augment_pitch import TRANSPOSE_RANGE, transpose, transpose_by
 from orchestrator.training.augment_unit import (
@@ -46,6 +49,7 @@ __all__ = [
     "AbcOp",
     "add_chord_symbols",
     "add_decorations",
+    "add_slurs",
     "augment",
     "check_ops",
     "chord_symbols",
@@ -55,10 +59,12 @@ __all__ = [
     "regroup_lines",
     "remove_chord_symbols",
     "remove_decorations",
+    "remove_slurs",
     "respell_meter",
     "rewrite_unit_length",
     "scale_unit_length",
     "shuffle_header",
+    "slurs",
     "transpose",
     "transpose_by",
 ]
@@ -79,9 +85,13 @@ OPS: dict[str, AbcOp] = {
     # (the shipped model's) get exactly the copies they got before. It reads M: and L:
     # wherever the header shuffle put them.
     "meter_spelling": respell_meter,
+    # Added after the shipped recipe of 0.1.0 for the same reason: a manifest that lists
+    # the ops without it still gets the copies its run got.
+    "slurs": slurs,
 }
-# The ops of the shipped recipe; a run opts in to others (TrainConfig.augment_ops).
-BASE_OPS: tuple[str, ...] = tuple(name for name in OPS if name != "meter_spelling")
+# The ops of runs whose manifest does not list them; a run opts in to others
+# (TrainConfig.augment_ops).
+BASE_OPS: tuple[str, ...] = tuple(name for name in OPS if name not in ("meter_spelling", "slurs"))
 
 
 def check_ops(ops: Iterable[str]) -> list[str]:

@@ -1,4 +1,4 @@
-"""Augmentations of how notes are dressed: chord symbols and decorations.
+"""Augmentations of how notes are dressed: chord symbols, decorations and slurs.
 
 Each keeps the pitches and durations of the tune; only the notation around them moves.
 """
@@ -31,10 +31,13 @@ from orchestrator.training.augment_pitch import (
 __all__ = [
     "add_chord_symbols",
     "add_decorations",
+    "add_slurs",
     "chord_symbols",
     "decorations",
     "remove_chord_symbols",
     "remove_decorations",
+    "remove_slurs",
+    "slurs",
 ]
 
 _LETTERS = "CDEFGAB"
@@ -297,3 +300,86 @@ def decorations(tune_text: str, rng: random.Random) -> str:
     if music is not None and music.has(_is_ornament) and rng.random() < 0.5:
         return remove_decorations(tune_text, rng)
     return add_decorations(tune_text, rng)
+
+
+def remove_slurs(tune_text: str, rng: random.Random) -> str:
+    """Every slur mark removed; the notes under them stay as they were."""
+    music = _Music.of(tune_text)
+    if music is None:
+        return tune_text
+    for i, tokens in music.tokens.items():
+        music.tokens[i] = [token for token in tokens if token.kind != "slur"]
+    return music.text()
+
+
+def _slur_spans(tokens: list[Token]) -> list[tuple[int, int]]:
+    """(first, last) token indexes of runs of 2-3 notes written back to back, outside grace
+    groups, chords, tuplets and existing slurs, and not tied or broken into or out of:
+    where a slur can go without music21 reading the notes differently."""
+    spans: list[tuple[int, int]] = []
+    in_grace = in_chord = False
+    depth = tuplet_notes = 0
+    for j, token in enumerate(tokens):
+        kind = token.kind
+        if kind in ("grace_open", "grace_close"):
+            in_grace = kind == "grace_open"
+        elif kind in ("chord_open", "chord_close"):
+            in_chord = kind == "chord_open"
+        elif kind == "slur":
+            depth += 1 if "(" in token.text else -1
+        elif kind == "tuplet":
+            tuplet_notes = _tuplet_notes(token.text)
+        elif kind == "note" and not in_grace and not in_chord:
+            if tuplet_notes:
+                tuplet_notes -= 1
+                continue
+            if depth > 0:
+                continue
+            dressing = ("deco", "string")
+            before = next((t.kind for t in reversed(tokens[:j]) if t.kind not in dressing), "")
+            if before in ("broken", "tie"):
+                continue
+            end = j
+            while end + 1 < len(tokens) and tokens[end + 1].kind == "note" and end - j < 2:
+                end += 1
+            after = tokens[end + 1].kind if end + 1 < len(tokens) else ""
+            if end > j and after not in ("broken", "tie"):
+                spans.append((j, end))
+    return spans
+
+
+def add_slurs(tune_text: str, rng: random.Random) -> str:
+    """Slurs over some runs of two or three notes, as fiddle books mark bowing."""
+    music = _Music.of(tune_text)
+    if music is None:
+        return tune_text
+    density = rng.uniform(0.1, 0.4)
+    for i, tokens in music.tokens.items():
+        chosen: list[tuple[int, int]] = []
+        for first, last in _slur_spans(tokens):
+            # Drawn for every span, so one overlap does not shift the later draws.
+            if rng.random() < density and (not chosen or first > chosen[-1][1]):
+                chosen.append((first, last))
+        out = list(tokens)
+        # Right to left, so inserting marks leaves the earlier indexes valid.
+        for first, last in reversed(chosen):
+            out.insert(last + 1, Token("slur", ")"))
+            # The slur opens before the note's chord symbol and decorations, as written.
+            pos = first
+            while pos > 0 and out[pos - 1].kind in ("deco", "string"):
+                pos -= 1
+            out.insert(pos, Token("slur", "("))
+        music.tokens[i] = out
+    return music.text()
+
+
+def slurs(tune_text: str, rng: random.Random) -> str:
+    """Half the time a slurred tune loses its slurs; otherwise some are added.
+
+    MIDI has no slurs and one book marks bowings where another does not: the music must
+    read the same with and without them.
+    """
+    music = _Music.of(tune_text)
+    if music is not None and music.has(lambda token: token.kind == "slur") and rng.random() < 0.5:
+        return remove_slurs(tune_text, rng)
+    return add_slurs(tune_text, rng)

@@ -90,7 +90,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="OP",
         choices=sorted(set(OPS) - set(BASE_OPS)),
         help="add an augmentation to the recipe's (meter_spelling: reels and hornpipes "
-        "written as 2/4 with L:1/16 or as cut time with L:1/8, both ways)",
+        "written as 2/4 with L:1/16 or as cut time with L:1/8, both ways; slurs: slurs "
+        "removed from slurred tunes, added to others)",
     )
     return parser.parse_args(argv)
 
