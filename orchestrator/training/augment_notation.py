@@ -226,6 +226,13 @@ def remove_decorations(tune_text: str, rng: random.Random) -> str:
     return music.text()
 
 
+def _dressing_start(tokens: list[Token], note: int) -> int:
+    """Index where the chord symbols and decorations written before token `note` begin."""
+    while note > 0 and tokens[note - 1].kind in ("deco", "string"):
+        note -= 1
+    return note
+
+
 def _grace(note: str, style: str) -> str:
     _, step, _ = read_note(note)
     above = note_text(step + 1, "", "")
@@ -268,9 +275,7 @@ def add_decorations(tune_text: str, rng: random.Random) -> str:
                 # music21 counts grace notes among a tuplet's notes.
                 grace_ok = kind == "note" and not tuplet_notes and since_broken > 1
                 # Grace notes come before chord symbols and decorations of their note.
-                pos = len(out)
-                while pos > 0 and out[pos - 1].kind in ("deco", "string"):
-                    pos -= 1
+                pos = _dressing_start(out, len(out))
                 before = next((t.kind for t in reversed(out[:pos]) if t.kind != "space"), "")
                 # Not a second grace group, nor one between two tied notes.
                 grace_ok = grace_ok and before not in ("grace_close", "tie")
@@ -335,8 +340,8 @@ def _slur_spans(tokens: list[Token]) -> list[tuple[int, int]]:
                 continue
             if depth > 0:
                 continue
-            dressing = ("deco", "string")
-            before = next((t.kind for t in reversed(tokens[:j]) if t.kind not in dressing), "")
+            start = _dressing_start(tokens, j)
+            before = tokens[start - 1].kind if start else ""
             if before in ("broken", "tie"):
                 continue
             end = j
@@ -365,10 +370,7 @@ def add_slurs(tune_text: str, rng: random.Random) -> str:
         for first, last in reversed(chosen):
             out.insert(last + 1, Token("slur", ")"))
             # The slur opens before the note's chord symbol and decorations, as written.
-            pos = first
-            while pos > 0 and out[pos - 1].kind in ("deco", "string"):
-                pos -= 1
-            out.insert(pos, Token("slur", "("))
+            out.insert(_dressing_start(out, first), Token("slur", "("))
         music.tokens[i] = out
     return music.text()
 
