@@ -30,12 +30,17 @@ class GateDecision:
         return asdict(self)
 
 
+# evaluate_model's cross-format metrics, and how a rejection names them.
+CROSS_FORMAT_CHECKS = {"musicxml_top10": "MusicXML->ABC", "midi_top10": "MIDI->ABC"}
+
+
 def gate(
     candidate: dict[str, float],
     active: dict[str, float],
     *,
     mrr_margin: float,
     zero_shot_margin: float,
+    cross_format_margin: float,
     heldout: int,
 ) -> GateDecision:
     """Accept only a candidate that beats the active model on the same held-out tunes."""
@@ -54,6 +59,14 @@ def gate(
                 f"{active['zero_shot_accuracy']:.4f} (gain {zs_gain:+.4f}, needs "
                 f"{zero_shot_margin:+.4f})"
             )
+    for name, label in CROSS_FORMAT_CHECKS.items():
+        if name in candidate and name in active:
+            cf_gain = candidate[name] - active[name]
+            if cf_gain < cross_format_margin:
+                reasons.append(
+                    f"{label} top 10 {candidate[name]:.4f} vs active {active[name]:.4f} "
+                    f"(gain {cf_gain:+.4f}, needs {cross_format_margin:+.4f})"
+                )
     if reasons:
         return GateDecision(False, "rejected: " + "; ".join(reasons), candidate, active, heldout)
     return GateDecision(
@@ -152,6 +165,8 @@ def run_train_job(settings: Settings, job_id: int) -> None:
 def _train_gate_promote(settings: Settings, sessions: Any, job_id: int) -> None:
     from orchestrator.training import evaluate_model, records_from_pieces, train_on_catalogue
     from orchestrator.training.data import TuneRecord
+    from orchestrator.training.roundtrip import RoundTripCache
+    from orchestrator.training.run import RoundTripPlan
 
     with session_scope(sessions) as session:
         job = session.get(Job, job_id)
@@ -165,6 +180,15 @@ def _train_gate_promote(settings: Settings, sessions: Any, job_id: int) -> None:
     if len(records) < 20:
         _finish(sessions, job_id, JobStatus.FAILED, error=_too_few(len(records)))
         return
+    plan = (
+        RoundTripPlan(
+            settings.roundtrips_dir,
+            max_tunes=settings.train_roundtrip_tunes,
+            workers=settings.train_convert_workers,
+        )
+        if settings.train_roundtrip_tunes
+        else None
+    )
     started = time.monotonic()
     staging = settings.models_dir / f".training-{job_id}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -177,6 +201,7 @@ def _train_gate_promote(settings: Settings, sessions: Any, job_id: int) -> None:
         steps=int(params["steps"]),
         seed=int(params["seed"]),
         device=settings.device,
+        roundtrips=plan,
     )
     train_s = time.monotonic() - started
     final = settings.models_dir.resolve() / f"{name}-{result.model_version}"
@@ -188,11 +213,15 @@ def _train_gate_promote(settings: Settings, sessions: Any, job_id: int) -> None:
     with session_scope(sessions) as session:
         active = registry.active(session) or base
         active_path = models.model_path(active)
+    # What the run converted (nothing when its converters could not run): both models
+    # are measured on the same round trips of the same held-out tunes.
+    converted = RoundTripCache(plan.cache_dir) if plan is not None else None
     decision = gate(
-        evaluate_model(final, heldout, device=settings.device),
-        evaluate_model(active_path, heldout, device=settings.device),
+        evaluate_model(final, heldout, device=settings.device, converted=converted),
+        evaluate_model(active_path, heldout, device=settings.device, converted=converted),
         mrr_margin=settings.gate_mrr_margin,
         zero_shot_margin=settings.gate_zero_shot_margin,
+        cross_format_margin=settings.gate_cross_format_margin,
         heldout=len(heldout),
     )
     gate_s = time.monotonic() - started

@@ -164,6 +164,21 @@ class Settings(BaseSettings):
     train_steps: int = Field(
         300, ge=1, description="Optimiser steps of a retraining run (`clamp-index train`)."
     )
+    train_roundtrip_tunes: int = Field(
+        2000,
+        ge=0,
+        description="Catalogue tunes a retraining run exports to MusicXML and MIDI and reads "
+        "back with the ingest converters, as extra views (so the retrained model still finds "
+        "converted files' originals) and for the gate's cross-format check; converted once "
+        "and cached. 0 = none.",
+    )
+    train_convert_workers: int = Field(
+        2, ge=1, description="Processes converting those round trips (0.1-0.6 s a tune)."
+    )
+    roundtrip_cache_dir: Path | None = Field(
+        None,
+        description="Where the round trips are cached. Unset = .roundtrips/ in the model store.",
+    )
     train_model_name: str = Field(
         "clamp-index-catalogue", description="Registry name of models trained on the catalogue."
     )
@@ -176,6 +191,12 @@ class Settings(BaseSettings):
         0.0,
         description="...and its zero-shot rhythm accuracy by this much, where the held-out "
         "tunes carry two or more rhythm labels (0 = no worse).",
+    )
+    gate_cross_format_margin: float = Field(
+        -0.02,
+        description="...and its MusicXML->ABC and MIDI->ABC top-10 rates on the held-out "
+        "tunes' round trips by this much, where both models were measured on them "
+        "(negative: the loss tolerated).",
     )
     api_host: str = Field("127.0.0.1", description="`serve` listens here (0.0.0.0: all).")
     api_port: int = Field(8765, ge=0, le=65535, description="`serve` port (0: any free one).")
@@ -218,6 +239,7 @@ class Settings(BaseSettings):
         "crash_on_piece",
         "patch_budget",
         "model_store_dir",
+        "roundtrip_cache_dir",
         "api_token",
         mode="before",
     )
@@ -242,6 +264,10 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.model_store_dir or self.data_dir / "models"
+
+    @property
+    def roundtrips_dir(self) -> Path:
+        return self.roundtrip_cache_dir or self.models_dir / ".roundtrips"
 
 
 def load_settings(data_dir: Path | None = None) -> Settings:

@@ -49,14 +49,22 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_random_checkpoint(tmp_path_factory.mktemp("models") / "tiny", seed=0)
 
 
+@pytest.fixture(scope="session")
+def roundtrip_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # The retraining tests train on the same demo tunes: their MusicXML/MIDI round trips
+    # (0.1-0.6 s each) are converted once per session, as one deployment's cache would be.
+    return tmp_path_factory.mktemp("roundtrips")
+
+
 @pytest.fixture()
-def embedded_env(tmp_path: Path, tiny_model_dir: Path) -> dict[str, str]:
+def embedded_env(tmp_path: Path, tiny_model_dir: Path, roundtrip_cache_dir: Path) -> dict[str, str]:
     """Environment for CLI subprocesses in embedded mode (no broker, no servers)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLAMP_INDEX_")}
     env.update(
         CLAMP_INDEX_DATA_DIR=str(tmp_path / "state"),
         CLAMP_INDEX_MODEL_DIR=str(tiny_model_dir),
         CLAMP_INDEX_TORCH_THREADS="2",
+        CLAMP_INDEX_ROUNDTRIP_CACHE_DIR=str(roundtrip_cache_dir),
     )
     return env
 
@@ -66,6 +74,7 @@ def settings_from_env(env: dict[str, str], **overrides: object) -> Settings:
     return Settings(
         data_dir=Path(env["CLAMP_INDEX_DATA_DIR"]),
         model_dir=Path(env["CLAMP_INDEX_MODEL_DIR"]) if "CLAMP_INDEX_MODEL_DIR" in env else None,
+        roundtrip_cache_dir=env.get("CLAMP_INDEX_ROUNDTRIP_CACHE_DIR"),
         **overrides,
     )
 

@@ -56,6 +56,7 @@ def test_gate_needs_both_a_better_mrr_and_no_worse_zero_shot() -> None:
         active,
         mrr_margin=0.01,
         zero_shot_margin=0.0,
+        cross_format_margin=-0.02,
         heldout=20,
     ).accepted
     small = gate(
@@ -63,6 +64,7 @@ def test_gate_needs_both_a_better_mrr_and_no_worse_zero_shot() -> None:
         active,
         mrr_margin=0.01,
         zero_shot_margin=0.0,
+        cross_format_margin=-0.02,
         heldout=20,
     )
     assert not small.accepted and "gain +0.0050, needs +0.0100" in small.reason
@@ -71,13 +73,43 @@ def test_gate_needs_both_a_better_mrr_and_no_worse_zero_shot() -> None:
         active,
         mrr_margin=0.01,
         zero_shot_margin=0.0,
+        cross_format_margin=-0.02,
         heldout=20,
     )
     assert not worse.accepted and "zero-shot accuracy 0.5000" in worse.reason
     # Without labels among the held-out tunes only MRR decides.
     assert gate(
         {"text_to_music_mrr": 0.4}, {"text_to_music_mrr": 0.3}, mrr_margin=0.01,
-        zero_shot_margin=0.0, heldout=9,
+        zero_shot_margin=0.0, cross_format_margin=-0.02, heldout=9,
+    ).accepted  # fmt: skip
+
+
+def test_gate_rejects_a_candidate_that_loses_converted_files() -> None:
+    active = {"text_to_music_mrr": 0.30, "musicxml_top10": 0.95, "midi_top10": 0.80}
+
+    def decide(musicxml: float, midi: float) -> tuple[bool, str]:
+        candidate = {"text_to_music_mrr": 0.40, "musicxml_top10": musicxml, "midi_top10": midi}
+        decision = gate(
+            candidate,
+            active,
+            mrr_margin=0.01,
+            zero_shot_margin=0.0,
+            cross_format_margin=-0.02,
+            heldout=100,
+        )
+        return decision.accepted, decision.reason
+
+    # A better text side does not buy a model that no longer finds MIDI files' originals.
+    accepted, reason = decide(0.95, 0.70)
+    assert not accepted
+    assert "MIDI->ABC top 10 0.7000 vs active 0.8000 (gain -0.1000, needs -0.0200)" in reason
+    assert "MusicXML" not in reason
+    assert decide(0.94, 0.79)[0]  # within the tolerated loss
+    assert not decide(0.90, 0.80)[0]
+    # Measured on one side only (no round trips when the active model was measured): skipped.
+    assert gate(
+        {"text_to_music_mrr": 0.40, "midi_top10": 0.1}, {"text_to_music_mrr": 0.30},
+        mrr_margin=0.01, zero_shot_margin=0.0, cross_format_margin=-0.02, heldout=100,
     ).accepted  # fmt: skip
 
 
@@ -100,6 +132,14 @@ def test_a_rejected_candidate_changes_nothing(folk: Path, embedded_env: dict[str
     # Identical music counts once in what the model saw.
     assert model["parent_id"] == 1 and 140 <= model["data_snapshot"]["pieces"] <= TUNES
     assert model["metrics"]["heldout"]["pieces"] >= 10
+    # The shipped recipe's views, round trips included, and the cross-format check.
+    assert model["params"]["config"]["music_views"] == 4
+    trips = model["params"]["roundtrips"]
+    assert trips["tunes"] == model["data_snapshot"]["pieces"]
+    assert trips["converted"] + trips["cached"] >= 0.9 * 2 * trips["tunes"]
+    assert model["metrics"]["heldout"]["midi_queries"] >= 10
+    gate_seen = model["metrics"]["active_on_same_heldout"]
+    assert {"musicxml_top10", "midi_top10"} <= set(gate_seen)
     assert Path(model["path"]).is_dir()
 
 

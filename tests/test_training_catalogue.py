@@ -20,9 +20,10 @@ from orchestrator.training import (
     split_of,
     train_on_catalogue,
 )
+from orchestrator.training.config import VIEW_RECIPE
 from orchestrator.training.data import CATALOGUE_SALT, full_text, text_fields
 from orchestrator.training.loop import autocast_plan
-from orchestrator.training.run import prepare_records
+from orchestrator.training.run import RoundTripPlan, prepare_records
 from workers.abc import ParsedPiece, encode_patches, parse_abc_text
 from workers.clamp import ClampEncoder, load_clamp
 
@@ -307,3 +308,70 @@ def test_evaluate_model_compares_models(
     assert "zero_shot_accuracy" not in evaluate_model(trained, no_rhythm, device="cpu")
     with pytest.raises(ValueError, match="at least 2"):
         evaluate_model(trained, heldout[:1], device="cpu")
+
+
+def test_catalogue_run_trains_on_round_trips_and_measures_formats(
+    tmp_path: Path, catalogue: list[TuneRecord]
+) -> None:
+    """The shipped recipe's views on a catalogue: converted files stay findable after a
+    retrain, and the held-out metrics say how well."""
+    viewed = TINY.model_copy(update=VIEW_RECIPE)
+    plan = RoundTripPlan(tmp_path / "trips", max_tunes=8, workers=2)
+
+    def run(out: str) -> Path:
+        result = train_on_catalogue(
+            catalogue,
+            out_dir=tmp_path / out,
+            name="catalogue-tiny",
+            version="1",
+            from_model=None,
+            steps=4,
+            seed=0,
+            device="cpu",
+            config=viewed,
+            roundtrips=plan,
+        )
+        trips = result.params["roundtrips"]
+        # 8 training tunes and the 3 held-out ones, each to MusicXML and MIDI.
+        assert trips["tunes"] == 11
+        assert trips["converted"] + trips["failed"] + trips["cached"] == 22
+        # Views: each tune's augmented copies, and two round trips for the first 8.
+        assert result.params["music_views"] >= 2 * (TUNES - 3) + 16
+        assert result.metrics["musicxml_queries"] == 3.0 and result.metrics["midi_queries"] == 3.0
+        assert 0 < result.metrics["midi_top10"] <= 1
+        manifest = json.loads((result.model_dir / "manifest.json").read_text())
+        assert manifest["training_data"]["roundtrips"] == trips
+        assert manifest["train_config"]["music_views"] == 4
+        assert manifest["metrics"]["heldout"] == result.metrics
+        return result.model_dir
+
+    first = run("first")
+    # The second run converts nothing: every round trip comes from the cache, and the
+    # weights are the same bytes.
+    second = run("second")
+    trips = json.loads((second / "manifest.json").read_text())["training_data"]["roundtrips"]
+    assert trips == {"tunes": 11, "converted": 0, "failed": 0, "cached": 22}
+    assert (first / "model.safetensors").read_bytes() == (second / "model.safetensors").read_bytes()
+
+
+def test_catalogue_run_without_converters_still_trains(
+    tmp_path: Path, catalogue: list[TuneRecord]
+) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("the cache folder cannot be made under a file")
+    result = train_on_catalogue(
+        catalogue,
+        out_dir=tmp_path / "m",
+        name="catalogue-tiny",
+        version="1",
+        from_model=None,
+        steps=2,
+        seed=0,
+        device="cpu",
+        config=TINY.model_copy(update=VIEW_RECIPE),
+        roundtrips=RoundTripPlan(blocked / "trips", max_tunes=8),
+    )
+    assert result.params["roundtrips"]["error"].startswith(("FileExistsError", "NotADirectory"))
+    # Augmented copies only; no cross-format numbers to report.
+    assert result.params["music_views"] > TUNES - 3
+    assert "midi_top10" not in result.metrics and "text_to_music_mrr" in result.metrics

@@ -11,13 +11,13 @@ from typing import Any
 
 from orchestrator.training.augment import BASE_OPS, OPS
 from orchestrator.training.catalogue import data_snapshot
-from orchestrator.training.config import TrainConfig
+from orchestrator.training.config import VIEW_RECIPE, TrainConfig
 from orchestrator.training.data import corpus_stats, load_corpus, split_records
 from orchestrator.training.eval import evaluate_heldout
 from orchestrator.training.export import save_model
 from orchestrator.training.loop import train
 from orchestrator.training.model import in_memory_clamp
-from orchestrator.training.roundtrip import FORMATS, RoundTripCache, default_cache_dir
+from orchestrator.training.roundtrip import default_cache_dir, filled_cache
 from orchestrator.training.sources import (
     HELDOUT_COLLECTIONS,
     SOURCES,
@@ -34,13 +34,6 @@ DESCRIPTION = (
     "Contrastive training of a small CLaMP-layout model (frozen MiniLM text side) on music21 "
     "ABC: only sources whose licence allows redistributing the weights, unless told otherwise."
 )
-# The shipped recipe's views; TrainConfig's own defaults (no views) serve catalogue runs.
-RECIPE: dict[str, Any] = {
-    "music_views": 4,
-    "augment_p": 0.5,
-    "music_loss_weight": 1.0,
-    "view_max_patches": 64,
-}
 log = logging.getLogger(__name__)
 
 
@@ -98,7 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build_config(args: argparse.Namespace) -> TrainConfig:
     """Recipe defaults, then --config's JSON, then flags."""
-    values: dict[str, Any] = dict(RECIPE)
+    values: dict[str, Any] = dict(VIEW_RECIPE)
     if args.config:
         values.update(json.loads(args.config.read_text()))
     heldout = (
@@ -130,24 +123,6 @@ def parse_config(argv: list[str] | None = None) -> tuple[Path, TrainConfig]:
     return args.out, build_config(args)
 
 
-def round_trip_lookup(
-    cache_dir: Path, tunes: list[tuple[str, str]], workers: int
-) -> tuple[RoundTrips, dict[str, int]]:
-    """Fill the cache for the tunes (a one-off ~20 min on 2 cores), then a lookup."""
-    cache = RoundTripCache(cache_dir)
-
-    def report(done: int, total: int) -> None:
-        if done % 500 == 0 or done == total:
-            log.info("round trips %d/%d", done, total)
-
-    counts = cache.fill(tunes, workers=workers, progress=report)
-
-    def lookup(key: str) -> list[str]:
-        return [t for f in FORMATS if (t := cache.get(key, f))]
-
-    return lookup, counts
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     cfg = build_config(args)
@@ -164,11 +139,12 @@ def main(argv: list[str] | None = None) -> None:
     roundtrips: RoundTrips | None = None
     trip_counts: dict[str, int] = {}
     if not args.no_roundtrips:
-        roundtrips, trip_counts = round_trip_lookup(
+        cache, trip_counts = filled_cache(
             args.roundtrip_cache or default_cache_dir(),
             [(r.key_hash, r.music_text) for r in train_set],
             args.convert_workers,
         )
+        roundtrips = cache.views
     model, _, history = train(cfg, records, roundtrips=roundtrips)
     metrics = evaluate_heldout(
         ClampEncoder(in_memory_clamp(model, load_tokenizer(minilm_dir()), cfg.name)), heldout

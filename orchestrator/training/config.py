@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field, field_validator
 
 from orchestrator.training.augment import BASE_OPS, check_ops
@@ -68,3 +70,15 @@ class TrainConfig(BaseModel):
     @classmethod
     def _known_ops(cls, ops: list[str]) -> list[str]:
         return check_ops(ops)
+
+
+# The shipped recipe's views: augmented copies, converter round trips (where the run has
+# them) and the music->music loss. Corpus runs and catalogue retraining both start from it,
+# so a model retrained on a catalogue keeps finding MusicXML and MIDI files' originals.
+# TrainConfig's own defaults (no views) stay those of the tiny test runs.
+VIEW_RECIPE: dict[str, Any] = {
+    "music_views": 4,
+    "augment_p": 0.5,
+    "music_loss_weight": 1.0,
+    "view_max_patches": 64,
+}

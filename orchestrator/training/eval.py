@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -12,6 +12,9 @@ from orchestrator.training.data import KEY_SIGNATURE_ONLY, TuneRecord, full_text
 from workers.abc import encode_patches
 from workers.clamp import ClampEncoder, load_clamp
 from workers.clamp.hardware import resolve_device
+
+if TYPE_CHECKING:
+    from orchestrator.training.eval_transfer import ConvertedTexts
 
 # Prompts for zero-shot classification on the held-out split; recorded with the metrics.
 TEMPLATES = {
@@ -124,16 +127,31 @@ def gate_metrics(heldout: dict[str, Any]) -> dict[str, float]:
 
 
 def evaluate_model(
-    model_dir: Path, records: Sequence[TuneRecord], device: str = "auto"
+    model_dir: Path,
+    records: Sequence[TuneRecord],
+    device: str = "auto",
+    converted: ConvertedTexts | None = None,
 ) -> dict[str, float]:
     """Held-out metrics of any checkpoint load_clamp reads, on the given records.
 
     `text_to_music_mrr` (and r@1, r@10) always; `zero_shot_accuracy` (rhythm) when the
-    records carry at least two distinct rhythm labels. Same records, comparable numbers.
+    records carry at least two distinct rhythm labels; with `converted` (the records'
+    converter round trips), `musicxml_top10` / `midi_top10` for each format with 2 or more
+    converted records: its round trip finding its ABC original among the records'
+    originals. Same records, comparable numbers.
     """
+    # Imported here: eval_transfer builds on this module's retrieval metrics.
+    from orchestrator.training.eval_transfer import cross_format
+
     if len(records) < 2:
         raise ValueError(f"need at least 2 records to rank, got {len(records)}")
     target = resolve_device(device)
     encoder = ClampEncoder(load_clamp(Path(model_dir), device=target), device=target)
     # Every label counts: a gate on a small catalogue has few pieces per dance type.
-    return gate_metrics(evaluate_heldout(encoder, records, min_class_count=1))
+    metrics = gate_metrics(evaluate_heldout(encoder, records, min_class_count=1))
+    if converted is not None:
+        for target_format, found in cross_format(encoder, records, converted).items():
+            if found["n"] >= 2:
+                metrics[f"{target_format}_top10"] = found["top10"]
+                metrics[f"{target_format}_queries"] = float(found["n"])
+    return metrics

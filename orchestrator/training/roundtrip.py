@@ -161,6 +161,10 @@ class RoundTripCache:
         trip = self.entries.get((key, target))
         return trip.music_text if trip is not None else None
 
+    def views(self, key: str) -> list[str]:
+        """The tune's converted texts, one per format that converted (training views)."""
+        return [text for target in FORMATS if (text := self.get(key, target))]
+
     def missing(self, tunes: Iterable[tuple[str, str]]) -> list[tuple[str, str, str]]:
         return [
             (key, text, target)
@@ -218,3 +222,16 @@ class RoundTripCache:
                 if progress is not None:
                     progress(done, len(todo))
         return counts
+
+
+def filled_cache(
+    cache_dir: Path, tunes: list[tuple[str, str]], workers: int
+) -> tuple[RoundTripCache, dict[str, int]]:
+    """The cache in cache_dir with every (key, music text) of tunes converted; the counts."""
+    cache = RoundTripCache(cache_dir)
+
+    def report(done: int, total: int) -> None:
+        if done % 500 == 0 or done == total:
+            log.info("round trips %d/%d", done, total)
+
+    return cache, cache.fill(tunes, workers=workers, progress=report)

