@@ -169,8 +169,8 @@ class Settings(BaseSettings):
         ge=0,
         description="Catalogue tunes a retraining run exports to MusicXML and MIDI and reads "
         "back with the ingest converters, as extra views (so the retrained model still finds "
-        "converted files' originals) and for the gate's cross-format check; converted once "
-        "and cached. 0 = none.",
+        "converted files' originals); a quarter as many held-out tunes for the gate's "
+        "cross-format check. Converted once and cached. 0 = none.",
     )
     train_convert_workers: int = Field(
         2, ge=1, description="Processes converting those round trips (0.1-0.6 s a tune)."

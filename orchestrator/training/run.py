@@ -38,8 +38,9 @@ class RoundTripPlan:
     """Which catalogue tunes get MusicXML and MIDI round trips, and where they are cached.
 
     Conversions take 0.1-0.6 s a tune and format, so a run converts at most `max_tunes`
-    training tunes (and as many held-out ones), the first in content-key order: the same
-    tunes run after run as the catalogue grows, so later runs mostly read the cache.
+    training tunes and a quarter as many held-out ones (the gate's cross-format check),
+    the first in content-key order: the same tunes run after run as the catalogue grows,
+    so later runs mostly read the cache.
     """
 
     cache_dir: Path
@@ -55,7 +56,7 @@ def catalogue_round_trips(
     A run without round trips still trains (on the augmented copies): a catalogue's
     retraining must not fail because, say, the worker may not start child processes.
     """
-    chosen = [*train_set[: plan.max_tunes], *heldout[: plan.max_tunes]]
+    chosen = [*train_set[: plan.max_tunes], *heldout[: max(2, plan.max_tunes // 4)]]
     try:
         cache, counts = filled_cache(
             plan.cache_dir, [(r.key_hash, r.music_text) for r in chosen], plan.workers
