@@ -30,10 +30,6 @@ class GateDecision:
         return asdict(self)
 
 
-# evaluate_model's cross-format metrics, and how a rejection names them.
-CROSS_FORMAT_CHECKS = {"musicxml_top10": "MusicXML->ABC", "midi_top10": "MIDI->ABC"}
-
-
 def gate(
     candidate: dict[str, float],
     active: dict[str, float],
@@ -44,29 +40,24 @@ def gate(
     heldout: int,
 ) -> GateDecision:
     """Accept only a candidate that beats the active model on the same held-out tunes."""
+    # MRR is always measured; the others only where both models could be.
     gain = candidate["text_to_music_mrr"] - active["text_to_music_mrr"]
+    checks = [
+        ("text_to_music_mrr", "text->music MRR", mrr_margin),
+        ("zero_shot_accuracy", "zero-shot accuracy", zero_shot_margin),
+        ("musicxml_top10", "MusicXML->ABC top 10", cross_format_margin),
+        ("midi_top10", "MIDI->ABC top 10", cross_format_margin),
+    ]
     reasons = []
-    if gain < mrr_margin:
-        reasons.append(
-            f"text->music MRR {candidate['text_to_music_mrr']:.4f} vs active "
-            f"{active['text_to_music_mrr']:.4f} (gain {gain:+.4f}, needs {mrr_margin:+.4f})"
-        )
-    if "zero_shot_accuracy" in candidate and "zero_shot_accuracy" in active:
-        zs_gain = candidate["zero_shot_accuracy"] - active["zero_shot_accuracy"]
-        if zs_gain < zero_shot_margin:
+    for name, label, margin in checks:
+        if name not in candidate or name not in active:
+            continue
+        change = candidate[name] - active[name]
+        if change < margin:
             reasons.append(
-                f"zero-shot accuracy {candidate['zero_shot_accuracy']:.4f} vs active "
-                f"{active['zero_shot_accuracy']:.4f} (gain {zs_gain:+.4f}, needs "
-                f"{zero_shot_margin:+.4f})"
+                f"{label} {candidate[name]:.4f} vs active {active[name]:.4f} "
+                f"(gain {change:+.4f}, needs {margin:+.4f})"
             )
-    for name, label in CROSS_FORMAT_CHECKS.items():
-        if name in candidate and name in active:
-            cf_gain = candidate[name] - active[name]
-            if cf_gain < cross_format_margin:
-                reasons.append(
-                    f"{label} top 10 {candidate[name]:.4f} vs active {active[name]:.4f} "
-                    f"(gain {cf_gain:+.4f}, needs {cross_format_margin:+.4f})"
-                )
     if reasons:
         return GateDecision(False, "rejected: " + "; ".join(reasons), candidate, active, heldout)
     return GateDecision(
