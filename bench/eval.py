@@ -68,12 +68,11 @@ def random_retrieval(n: int, dim: int) -> dict[str, float]:
 def wikimt_eval(encoder: Any, limit: int | None = None) -> dict[str, Any]:
     from bench.wikimt import first_tunes, load_entries
     from orchestrator.training.eval import retrieval_metrics, zero_shot
-    from workers.abc import encode_patches
 
     tunes = first_tunes(load_entries()[:limit])
     kept = [entry for entry, _ in tunes]
     music = encoder.encode_music(
-        [encode_patches(p.music_text, encoder.max_patches) for _, p in tunes]
+        [encoder.music_patches(p.music_text, encoder.max_patches) for _, p in tunes]
     )
     descriptions = encoder.encode_texts([e["text"] for e in kept])
     genres = [e["genre"] for e in kept]

@@ -319,7 +319,7 @@ def breakdown(ctx: Any, work: Workload, n: int, seed: int) -> dict[str, Any]:
     """Median ms of each part of a query, timed directly on the service's components."""
     from orchestrator.search import store_filter
     from schemas.collection import point_id
-    from workers.abc import encode_patches, parse_abc_text
+    from workers.abc import parse_abc_text
 
     rng = random.Random(seed)
     alias = ctx.settings.collection_alias
@@ -348,7 +348,7 @@ def breakdown(ctx: Any, work: Workload, n: int, seed: int) -> dict[str, Any]:
         timed("retrieve_vector", lambda p=pid: ctx.store.retrieve_vectors(collection, [p]))
         tune = rng.choice(work.tunes)
         piece = timed("abc_parse", lambda t=tune: parse_abc_text(t)[0])
-        patches = encode_patches(piece.music_text, encoder.patch_limit)
+        patches = encoder.music_patches(piece.music_text)
         timed("music_encode", lambda p=patches: encoder.encode_music([p])[0])
     return {f"{name}_p50_ms": round(statistics.median(v), 3) for name, v in times.items()}
 

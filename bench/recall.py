@@ -33,17 +33,16 @@ def catalog_vectors(encoder: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(catalog music vectors, held-out text queries, held-out music queries)."""
     from bench.wikimt import first_tunes, load_entries
     from orchestrator.training.data import full_text, load_corpus, split_records
-    from workers.abc import encode_patches
 
     records = load_corpus()
     _, heldout = split_records(records)
     texts = [r.music_text for r in records]
     texts += [piece.music_text for _, piece in first_tunes(load_entries())]
-    music = encoder.encode_music([encode_patches(t, encoder.max_patches) for t in texts])
+    music = encoder.encode_music([encoder.music_patches(t, encoder.max_patches) for t in texts])
     sample = heldout[:: max(1, len(heldout) // 500)][:500]
     text_queries = encoder.encode_texts([full_text(r) for r in sample])
     music_queries = encoder.encode_music(
-        [encode_patches(r.music_text, encoder.max_patches) for r in sample]
+        [encoder.music_patches(r.music_text, encoder.max_patches) for r in sample]
     )
     return music, text_queries, music_queries
 

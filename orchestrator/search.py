@@ -19,7 +19,7 @@ from schemas.filters import (
 from schemas.queries import ClassifyResult, Hit, LabelResult, PieceDetail, SearchResult
 from schemas.settings import CLASSIFY_TEMPLATES
 from workers import piece_reads, sinks
-from workers.abc import ParsedPiece, encode_patches, parse_abc_text
+from workers.abc import ParsedPiece, parse_abc_text
 from workers.database import session_scope
 from workers.errors import BadArgumentError, UserError
 from workers.runtime import WorkerContext
@@ -205,7 +205,7 @@ class SearchService:
         started = time.perf_counter()
         collection = self.collection()
         encoder = self.ctx.encoder_for(collection)
-        vector = encoder.encode_music([encode_patches(piece.music_text, encoder.patch_limit)])[0]
+        vector = encoder.encode_music([encoder.music_patches(piece.music_text)])[0]
         return self._search(started, collection, vector, k, offset, filters)
 
     def similar_file(
@@ -347,7 +347,7 @@ class SearchService:
                 if isinstance(piece, ParsedPiece):
                     pid = piece_id_for(uri, piece.index) if ids else None
                     rows.append((pid, uri, piece.index, piece.header.title))
-                    patches.append(encode_patches(piece.music_text, encoder.patch_limit))
+                    patches.append(encoder.music_patches(piece.music_text))
         if not rows:
             raise QueryInputError("no readable ABC tune in the given input")
         results = _label_rows(

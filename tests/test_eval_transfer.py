@@ -80,6 +80,9 @@ class FakeEncoder:
         self.music = {encode_patches(t, MAX_PATCHES).tobytes(): unit(v) for t, v in music.items()}
         self.texts = {t: unit(v) for t, v in texts.items()}
 
+    def music_patches(self, music_text: str, max_patches: int | None = None) -> np.ndarray:
+        return encode_patches(music_text, max_patches or MAX_PATCHES)
+
     def encode_music(self, pieces: Sequence[np.ndarray]) -> np.ndarray:
         return np.stack([self.music[p.tobytes()] for p in pieces])
 

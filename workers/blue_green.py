@@ -13,7 +13,6 @@ from sqlalchemy.orm import Session
 from schemas.collection import point_id
 from schemas.db import CollectionState, Job, JobKind, JobStatus, WorkKind
 from workers import collection_rows, job_state, ledger, registry
-from workers.abc import encode_patches
 from workers.database import session_scope
 from workers.runtime import WorkerContext
 
@@ -88,9 +87,7 @@ def check_collection(ctx: WorkerContext, collection: str) -> SwapCheck:
     )
     if probes:
         encoder = ctx.encoder_for(collection)
-        vectors = encoder.encode_music(
-            [encode_patches(music, encoder.patch_limit) for _, music in probes]
-        )
+        vectors = encoder.encode_music([encoder.music_patches(music) for _, music in probes])
         for (pid, _), vector in zip(probes, vectors, strict=True):
             if not _finds_itself(ctx, collection, pid, vector):
                 check.probe_misses.append(pid)

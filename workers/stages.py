@@ -21,7 +21,6 @@ from workers.abc import (
     ParsedPiece,
     PieceError,
     decode_abc_bytes,
-    encode_patches,
     parse_abc_text,
 )
 from workers.convert import SUPPORTED_SUFFIXES, ConversionError, convert_to_abc
@@ -242,7 +241,7 @@ def encode_pieces(
         try:
             if ctx.settings.crash_on_piece and piece.id == ctx.settings.crash_on_piece:
                 os._exit(70)  # fault injection for tests: a piece that kills its worker
-            patches[sha] = encode_patches(piece.music_text, encoder.patch_limit)
+            patches[sha] = encoder.music_patches(piece.music_text)
         except Exception as exc:  # a piece that cannot be patched must not sink its batch
             failed_sha[sha] = exc
     if patches:

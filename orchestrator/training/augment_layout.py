@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import re
 
-from orchestrator.training.abc_text import (
+from workers.abc.tokens import (
     FIELD_LINE,
     Token,
     join_tokens,

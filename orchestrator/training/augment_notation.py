@@ -9,7 +9,15 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from orchestrator.training.abc_text import (
+from orchestrator.training.augment_pitch import (
+    BarState,
+    Key,
+    Pitch,
+    note_text,
+    parse_key,
+    read_note,
+)
+from workers.abc.tokens import (
     Token,
     TuneLines,
     is_chord_symbol,
@@ -18,14 +26,6 @@ from orchestrator.training.abc_text import (
     space_field_lookalikes,
     split_lines,
     tokenize,
-)
-from orchestrator.training.augment_pitch import (
-    BarState,
-    Key,
-    Pitch,
-    note_text,
-    parse_key,
-    read_note,
 )
 
 __all__ = [

@@ -14,7 +14,7 @@ import random
 import re
 from dataclasses import dataclass, replace
 
-from orchestrator.training.abc_text import (
+from workers.abc.tokens import (
     FIELD_LINE,
     NOTE_RE,
     Token,

@@ -6,8 +6,9 @@ import random
 import re
 from fractions import Fraction
 
-from orchestrator.training.abc_text import (
-    FIELD_LINE,
+from orchestrator.training.augment_pitch import read_note
+from workers.abc.rhythm import DUPLE_METERS, default_unit, unit_value
+from workers.abc.tokens import (
     Token,
     format_length,
     join_tokens,
@@ -17,40 +18,8 @@ from orchestrator.training.abc_text import (
     split_lines,
     tokenize,
 )
-from orchestrator.training.augment_pitch import read_note
 
-__all__ = ["DUPLE_METERS", "respell_meter", "rewrite_unit_length", "scale_unit_length"]
-
-_METER = re.compile(r"(\d+(?:\+\d+)*)\s*/\s*(\d+)")
-
-
-def _default_unit(header: list[str]) -> Fraction:
-    """ABC's unit when L: is absent: 1/16 for meters under 3/4, else 1/8 (also M:none)."""
-    for line in header:
-        match = FIELD_LINE.match(line)
-        if match is None or match.group(1) != "M":
-            continue
-        value = match.group(2).split("%", 1)[0].strip()
-        if value == "C":
-            return Fraction(1, 8)
-        if value == "C|":
-            return Fraction(1, 8)
-        meter = _METER.search(value)
-        if meter is None:
-            return Fraction(1, 8)
-        numerator = sum(int(part) for part in meter.group(1).split("+"))
-        denominator = int(meter.group(2))
-        if denominator and Fraction(numerator, denominator) < Fraction(3, 4):
-            return Fraction(1, 16)
-        return Fraction(1, 8)
-    return Fraction(1, 8)
-
-
-def _unit_value(text: str) -> Fraction | None:
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text.split("%", 1)[0])
-    if match is None or int(match.group(2)) == 0:
-        return None
-    return Fraction(int(match.group(1)), int(match.group(2)))
+__all__ = ["respell_meter", "rewrite_unit_length", "scale_unit_length"]
 
 
 def _unit_text(value: Fraction) -> str:
@@ -119,14 +88,14 @@ def scale_unit_length(tune_text: str, factor: Fraction, *, short_halves: bool = 
     units: dict[int, Fraction] = {}
     for i, line in enumerate(header):
         if line.startswith("L:"):
-            value = _unit_value(line[2:])
+            value = unit_value(line[2:])
             if value is None:
                 return tune_text
             units[i] = value
     for i, value in units.items():
         header[i] = f"L:{_unit_text(value / factor)}"
     if not units:
-        header.insert(len(header) - 1, f"L:{_unit_text(_default_unit(header) / factor)}")
+        header.insert(len(header) - 1, f"L:{_unit_text(default_unit(header) / factor)}")
     body: list[str] = []
     for line in lines.body:
         kind = line_kind(line)
@@ -134,14 +103,14 @@ def scale_unit_length(tune_text: str, factor: Fraction, *, short_halves: bool = 
             tokens = []
             for token in tokenize(line):
                 if token.kind == "field" and token.text.startswith("[L:"):
-                    value = _unit_value(token.text[3:-1])
+                    value = unit_value(token.text[3:-1])
                     if value is not None:
                         token = Token("field", f"[L:{_unit_text(value / factor)}]")
                 tokens.append(token)
             scaled = _scale_lengths(tokens, factor, short_halves)
             line = join_tokens(space_field_lookalikes(scaled))
         elif kind == "field" and line.startswith("L:"):
-            value = _unit_value(line[2:])
+            value = unit_value(line[2:])
             if value is not None:
                 line = f"L:{_unit_text(value / factor)}"
         body.append(line)
@@ -154,7 +123,7 @@ def rewrite_unit_length(tune_text: str, rng: random.Random) -> str:
     if lines is None:
         return tune_text
     first = next((line for line in lines.header if line.startswith("L:")), None)
-    unit = _unit_value(first[2:]) if first is not None else _default_unit(lines.header)
+    unit = unit_value(first[2:]) if first is not None else default_unit(lines.header)
     if unit is None:
         return tune_text
     factor = rng.choice((Fraction(2), Fraction(1, 2)))
@@ -163,17 +132,6 @@ def rewrite_unit_length(tune_text: str, rng: random.Random) -> str:
     return scale_unit_length(tune_text, factor, short_halves=rng.random() < 0.5)
 
 
-# Duple and quadruple meters, as written in M:, with what one bar lasts in whole notes.
-# Tune books write the same reel or hornpipe bar as 2/4 with L:1/16 or as C| with L:1/8
-# (O'Neill's writes its reels one way and many hornpipes the other; Ryan's mixes both for
-# both), so the meter line alone told a model trained on one book the dance type.
-DUPLE_METERS: dict[str, Fraction] = {
-    "2/4": Fraction(1, 2),
-    "2/2": Fraction(1),
-    "C|": Fraction(1),
-    "4/4": Fraction(1),
-    "C": Fraction(1),
-}
 _PLAUSIBLE_UNITS = {Fraction(1, 2**k) for k in range(2, 6)}  # 1/4 .. 1/32
 
 
@@ -204,7 +162,7 @@ def respell_meter(tune_text: str, rng: random.Random) -> str:
     for line in lines.body:
         if re.match(r"[ML]:", line) or re.search(r"\[[ML]:", line):
             return tune_text
-    unit = _unit_value(lines.header[units[0]][2:]) if units else _default_unit(lines.header)
+    unit = unit_value(lines.header[units[0]][2:]) if units else default_unit(lines.header)
     if unit is None:
         return tune_text
     units_per_whole = unit / DUPLE_METERS[meter]  # the new L: is this times the new bar

@@ -25,6 +25,7 @@ from orchestrator.training.sources import (
     training_collections,
 )
 from orchestrator.training.views import RoundTrips
+from workers.abc.profiles import INPUT_PROFILES, REFERENCE_PROFILE, RHYTHM_SUMMARY_PROFILE
 from workers.clamp import ClampEncoder
 from workers.clamp.loading import load_tokenizer
 from workers.clamp.minilm import minilm_dir
@@ -86,6 +87,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "written as 2/4 with L:1/16 or as cut time with L:1/8, both ways; slurs: slurs "
         "removed from slurred tunes, added to others)",
     )
+    parser.add_argument(
+        "--input-profile",
+        default=None,
+        choices=sorted(INPUT_PROFILES),
+        help="how music text is rewritten before patching, in training and by every user of "
+        f"the model (default {REFERENCE_PROFILE}: the reference text; "
+        f"{RHYTHM_SUMMARY_PROFILE}: a line of spelling-free rhythm statistics added)",
+    )
     return parser.parse_args(argv)
 
 
@@ -111,6 +120,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         ("threads", args.threads),
         ("bf16", args.bf16),
         ("eval_every", args.eval_every),
+        ("input_profile", args.input_profile),
     ):
         if value is not None:
             values[key] = value
@@ -147,7 +157,10 @@ def main(argv: list[str] | None = None) -> None:
         roundtrips = cache.views
     model, _, history = train(cfg, records, roundtrips=roundtrips)
     metrics = evaluate_heldout(
-        ClampEncoder(in_memory_clamp(model, load_tokenizer(minilm_dir()), cfg.name)), heldout
+        ClampEncoder(
+            in_memory_clamp(model, load_tokenizer(minilm_dir()), cfg.name, cfg.input_profile)
+        ),
+        heldout,
     )
     stats = corpus_stats(records)
     training = {

@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, Field, field_validator
 
 from orchestrator.training.augment import BASE_OPS, check_ops
+from workers.abc.profiles import REFERENCE_PROFILE, input_profile
 
 
 class TrainConfig(BaseModel):
@@ -63,6 +64,9 @@ class TrainConfig(BaseModel):
     eval_every: int = 250
     eval_limit: int | None = 400
     fp16_weights: bool = True
+    # How music text is rewritten before patching (workers.abc.profiles), in training and
+    # wherever the model is used afterwards: the manifest carries it.
+    input_profile: str = REFERENCE_PROFILE
     name: str = "clamp-index-minilm-small"
     version: str = "0.1.0"
 
@@ -70,6 +74,12 @@ class TrainConfig(BaseModel):
     @classmethod
     def _known_ops(cls, ops: list[str]) -> list[str]:
         return check_ops(ops)
+
+    @field_validator("input_profile")
+    @classmethod
+    def _known_profile(cls, name: str) -> str:
+        input_profile(name)
+        return name
 
 
 # The shipped recipe's views: augmented copies, converter round trips (where the run has

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from orchestrator.training.data import KEY_SIGNATURE_ONLY, TuneRecord, full_text
-from workers.abc import encode_patches
 from workers.clamp import ClampEncoder, load_clamp
 from workers.clamp.hardware import resolve_device
 
@@ -85,7 +84,7 @@ def evaluate_heldout(
 ) -> dict[str, Any]:
     """Text->music retrieval with each tune's full metadata text, plus zero-shot labels."""
     music = encoder.encode_music(
-        [encode_patches(r.music_text, encoder.max_patches) for r in records]
+        [encoder.music_patches(r.music_text, encoder.max_patches) for r in records]
     )
     queries = encoder.encode_texts([full_text(r) for r in records])
     result: dict[str, Any] = {"text_to_music": retrieval_metrics(queries, music)}

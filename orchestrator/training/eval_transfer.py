@@ -24,7 +24,7 @@ from orchestrator.training.augment_notation import add_chord_symbols
 from orchestrator.training.data import TuneRecord, full_text
 from orchestrator.training.eval import retrieval_metrics
 from orchestrator.training.roundtrip import FORMATS
-from workers.abc import ParsedPiece, encode_patches, parse_abc_text
+from workers.abc import ParsedPiece, parse_abc_text
 
 RHYTHM_CLASSES: tuple[str, ...] = ("jig", "reel", "hornpipe", "waltz", "slip jig")
 SINGLE_TEMPLATE: tuple[str, ...] = ("a {label}",)
@@ -49,6 +49,8 @@ class Encoder(Protocol):
     @property
     def max_patches(self) -> int: ...
 
+    def music_patches(self, music_text: str, max_patches: int | None = None) -> np.ndarray: ...
+
     def encode_music(self, pieces: Sequence[np.ndarray]) -> np.ndarray: ...
 
     def encode_texts(self, texts: list[str]) -> np.ndarray: ...
@@ -62,7 +64,9 @@ class ConvertedTexts(Protocol):
 
 def encode_music_texts(encoder: Encoder, music_texts: Sequence[str]) -> np.ndarray:
     """Unit music vectors of encoder music texts, in order."""
-    return encoder.encode_music([encode_patches(t, encoder.max_patches) for t in music_texts])
+    return encoder.encode_music(
+        [encoder.music_patches(t, encoder.max_patches) for t in music_texts]
+    )
 
 
 # --- scoring ---------------------------------------------------------------------------

@@ -83,6 +83,7 @@ def save_model(
         dim=model.config.dim,
         max_patches=model.config.max_length,
         weights_sha256=sha,
+        input_profile=cfg.input_profile,
     )
     extra: dict[str, Any] = {
         "weights_dtype": str(dtype).removeprefix("torch."),

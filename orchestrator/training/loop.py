@@ -150,7 +150,7 @@ def train(
 
     Without `start` the model is built fresh from cfg (after seeding, so the seed decides
     its initial weights); with it, training continues from that model, whose shape must
-    match cfg (see model.with_architecture). The model is left on `device`, in eval mode.
+    match cfg (see model.like_start). The model is left on `device`, in eval mode.
     `roundtrips` gives a tune's converter round trips (extra views; see views.py).
     """
     if records is None:
@@ -176,6 +176,7 @@ def train(
         roundtrips,
         cfg.view_max_patches,
         cfg.augment_ops,
+        cfg.input_profile,
     )
     lengths = [len(v[0]) for v in views]  # batches group by the original's length
     multi_view = any(len(v) > 1 for v in views)
@@ -286,7 +287,9 @@ def train(
                 )
                 running = []
             if cfg.eval_every and step % cfg.eval_every == 0 and len(eval_set) >= 2:
-                encoder = ClampEncoder(in_memory_clamp(model, tokenizer, cfg.name), device=device)
+                encoder = ClampEncoder(
+                    in_memory_clamp(model, tokenizer, cfg.name, cfg.input_profile), device=device
+                )
                 metrics = evaluate_heldout(encoder, eval_set)
                 history["evals"].append({"step": step, **metrics["text_to_music"]})
                 log.info("step %d held-out %s", step, metrics["text_to_music"])

@@ -13,6 +13,7 @@ from transformers import PreTrainedTokenizerBase
 
 from orchestrator.training.config import TrainConfig
 from orchestrator.training.loss import info_nce
+from workers.abc.profiles import REFERENCE_PROFILE
 from workers.clamp import ClampConfig, ClampModel, LoadedClamp, ModelManifest, load_clamp
 from workers.clamp.loading import load_tokenizer, manifest_data
 from workers.clamp.minilm import (
@@ -39,6 +40,8 @@ class StartingPoint:
     text_weights: str | None
     # name, version and weights_sha256 of the checkpoint it started from; None when fresh.
     origin: dict[str, Any] | None = None
+    # The checkpoint's input profile: a fine-tuned model must go on reading text its way.
+    input_profile: str = REFERENCE_PROFILE
 
 
 def clamp_config(cfg: TrainConfig) -> ClampConfig:
@@ -88,11 +91,14 @@ def start_from_checkpoint(model_dir: Path) -> StartingPoint:
             "version": loaded.manifest.version,
             "weights_sha256": loaded.manifest.weights_sha256,
         },
+        input_profile=loaded.manifest.input_profile,
     )
 
 
-def with_architecture(cfg: TrainConfig, config: ClampConfig) -> TrainConfig:
-    """cfg with the shape fields of an existing model, so the manifest states what was run."""
+def like_start(cfg: TrainConfig, start: StartingPoint) -> TrainConfig:
+    """cfg with the shape fields and input profile of the model a run starts from, so the
+    manifest states what was run and the new model reads music text as its parent did."""
+    config = start.model.config
     return cfg.model_copy(
         update={
             "hidden_size": config.hidden_size,
@@ -101,12 +107,16 @@ def with_architecture(cfg: TrainConfig, config: ClampConfig) -> TrainConfig:
             "intermediate_size": config.intermediate_size,
             "max_patches": config.max_length,
             "dropout": config.hidden_dropout_prob,
+            "input_profile": start.input_profile,
         }
     )
 
 
 def in_memory_clamp(
-    model: ClampModel, tokenizer: PreTrainedTokenizerBase, name: str
+    model: ClampModel,
+    tokenizer: PreTrainedTokenizerBase,
+    name: str,
+    input_profile: str = REFERENCE_PROFILE,
 ) -> LoadedClamp:
     """A model still in training, wrapped so ClampEncoder can encode with it."""
     config = model.config
@@ -117,6 +127,7 @@ def in_memory_clamp(
         dim=config.dim,
         max_patches=config.max_length,
         weights_sha256="",
+        input_profile=input_profile,
     )
     return LoadedClamp(
         model=model, tokenizer=tokenizer, config=config, manifest=manifest, model_dir=Path(".")

@@ -19,8 +19,8 @@ from orchestrator.training.export import save_model, set_metrics, write_heldout
 from orchestrator.training.loop import Progress, train
 from orchestrator.training.model import (
     StartingPoint,
+    like_start,
     start_from_checkpoint,
-    with_architecture,
 )
 from orchestrator.training.roundtrip import RoundTripCache, filled_cache
 from orchestrator.training.views import RoundTrips
@@ -152,7 +152,7 @@ def train_on_catalogue(
     start: StartingPoint | None = None
     if from_model is not None:
         start = start_from_checkpoint(Path(from_model))
-        cfg = with_architecture(cfg, start.model.config)
+        cfg = like_start(cfg, start)
     model, _, history = train(
         cfg,
         records,

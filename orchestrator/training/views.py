@@ -10,6 +10,7 @@ import numpy as np
 from orchestrator.training.augment import BASE_OPS, augment
 from orchestrator.training.data import TuneRecord
 from workers.abc import ParsedPiece, encode_patches, parse_abc_text
+from workers.abc.profiles import REFERENCE_PROFILE, input_profile
 
 # key_hash -> the tune's music texts after converter round trips (may be empty).
 RoundTrips = Callable[[str], list[str]]
@@ -64,16 +65,18 @@ def view_patches(
     roundtrips: RoundTrips | None = None,
     view_max_patches: int | None = None,
     ops: Sequence[str] = BASE_OPS,
+    profile: str = REFERENCE_PROFILE,
 ) -> list[list[np.ndarray]]:
     """Per record, the patch arrays of its views (original first, up to max_patches; the
-    others up to view_max_patches when given)."""
+    others up to view_max_patches when given), each read under the input `profile`."""
+    prepare = input_profile(profile)
     rows: list[list[np.ndarray]] = []
     for record in records:
         original, *others = tune_views(record, count, seed, p, roundtrips, ops)
         limit = min(max_patches, view_max_patches or max_patches)
         rows.append(
-            [encode_patches(original, max_patches)]
-            + [encode_patches(text, limit) for text in others]
+            [encode_patches(prepare(original), max_patches)]
+            + [encode_patches(prepare(text), limit) for text in others]
         )
     return rows
 

@@ -8,6 +8,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from workers.abc.profiles import REFERENCE_PROFILE
 from workers.clamp.configuration_clamp import ClampConfig
 from workers.clamp.loading import (
     BIN_NAME,
@@ -72,6 +73,7 @@ def write_random_checkpoint(
     init_std: float | None = None,
     with_tokenizer: bool = True,
     name: str = "random-clamp",
+    input_profile: str = REFERENCE_PROFILE,
 ) -> Path:
     """Write a loadable checkpoint in the published key layout; same seed, same bytes.
 
@@ -145,6 +147,7 @@ def write_random_checkpoint(
         dim=config.dim,
         max_patches=config.max_length,
         weights_sha256=sha,
+        input_profile=input_profile,
     )
     write_manifest(out_dir, manifest)
     if with_tokenizer:

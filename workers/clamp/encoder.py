@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from workers.abc import encode_patches
+from workers.abc.profiles import input_profile
 from workers.clamp.configuration_clamp import PATCH_FEATURES, PATCH_LENGTH
 from workers.clamp.hardware import autocast_dtype, bf16_supported, resolve_device
 from workers.clamp.loading import LoadedClamp, ModelManifest
@@ -114,6 +116,7 @@ class ClampEncoder:
         # Fast tokenizers raise "Already borrowed" when one instance is used from two threads.
         self._tokenizer_lock = threading.Lock()
         self.stats = EncodeStats()
+        self._prepare_music = input_profile(loaded.manifest.input_profile)
 
     @property
     def dim(self) -> int:
@@ -177,6 +180,12 @@ class ClampEncoder:
         """
         max_patches = self.loaded.manifest.max_patches
         return max_patches if self.long_piece == "truncate" else max_patches * self.max_windows
+
+    def music_patches(self, music_text: str, max_patches: int | None = None) -> np.ndarray:
+        """One piece's patches as this model reads them: its manifest's input profile
+        applied to the encoder music text, cut to `max_patches` (default patch_limit)."""
+        limit = self.patch_limit if max_patches is None else max_patches
+        return encode_patches(self._prepare_music(music_text), limit)
 
     def encode_music(self, pieces: Sequence[np.ndarray]) -> np.ndarray:
         """`[n, 64]` class-id arrays -> `[N, D]` unit vectors, in input order.

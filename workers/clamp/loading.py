@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from workers.abc.profiles import REFERENCE_PROFILE, input_profile
 from workers.clamp.configuration_clamp import ClampConfig
 from workers.clamp.minilm import (
     MINILM_PACKAGE,
@@ -63,6 +64,9 @@ class ModelManifest:
     dim: int
     max_patches: int
     weights_sha256: str
+    # How music text is rewritten before patching (workers.abc.profiles); published
+    # checkpoints and manifests written before profiles existed read the reference text.
+    input_profile: str = REFERENCE_PROFILE
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,6 +134,7 @@ def read_manifest(model_dir: Path, config: ClampConfig, weights: Path) -> ModelM
         "dim": config.dim,
         "max_patches": config.max_length,
         "weights_sha256": sha,
+        "input_profile": REFERENCE_PROFILE,
     }
     path = model_dir / MANIFEST_NAME
     if not path.is_file():
@@ -148,6 +153,10 @@ def read_manifest(model_dir: Path, config: ClampConfig, weights: Path) -> ModelM
                 f"{path} says {key}={fields[key]!r} but the checkpoint in {model_dir} "
                 f"has {derived[key]!r}; rewrite or delete the manifest"
             )
+    try:
+        input_profile(str(fields["input_profile"]))
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
     return ModelManifest(
         name=str(fields["name"]),
         version=str(fields["version"]),
@@ -155,6 +164,7 @@ def read_manifest(model_dir: Path, config: ClampConfig, weights: Path) -> ModelM
         dim=int(fields["dim"]),
         max_patches=int(fields["max_patches"]),
         weights_sha256=str(fields["weights_sha256"]),
+        input_profile=str(fields["input_profile"]),
     )
 
 

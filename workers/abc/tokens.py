@@ -1,9 +1,9 @@
-"""Lexical view of one ABC tune for the augmentations: header/body lines, music tokens, lengths.
+"""Lexical view of one ABC tune: header/body lines, music tokens, lengths.
 
-Only as much ABC as the augmentations need to rewrite text without changing what it
-means: each music line becomes a list of tokens whose texts join back to the line
-exactly, so an augmentation edits the tokens it cares about and leaves the rest of the
-writer's spelling (spaces, beaming, odd symbols) as it was.
+Only as much ABC as the training augmentations and the rhythm reading need: each music
+line becomes a list of tokens whose texts join back to the line exactly, so an
+augmentation edits the tokens it cares about and leaves the rest of the writer's spelling
+(spaces, beaming, odd symbols) as it was.
 """
 
 from __future__ import annotations

@@ -1,0 +1,71 @@
+"""Input profiles: how a model's encoder music text is rewritten before it is cut into patches.
+
+Published CLaMP checkpoints read the reference text: profile `clamp` changes nothing, and
+the parity tests hold that byte for byte. A model trained under another profile must be
+fed the same way wherever its vectors are made (ingest, search, training, evaluation), so
+its manifest names the profile (`input_profile`) and the encoder applies it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from workers.abc.rhythm import rhythm_features
+
+__all__ = [
+    "INPUT_PROFILES",
+    "REFERENCE_PROFILE",
+    "RHYTHM_SUMMARY_PROFILE",
+    "input_profile",
+    "rhythm_summary_line",
+    "with_rhythm_summary",
+]
+
+REFERENCE_PROFILE = "clamp"
+RHYTHM_SUMMARY_PROFILE = "rhythm-summary-v1"
+_SUMMARY_FIELD = "I:rhythm "
+
+
+def rhythm_summary_line(music_text: str) -> str:
+    """One field line of digits, each rhythm feature (0..1) in tenths of nine.
+
+    A patch is read character by character at fixed positions, so each digit's place names
+    its feature and a model learns what each value means with no parser of its own.
+    """
+    digits = np.rint(np.clip(rhythm_features(music_text), 0, 1) * 9).astype(int)
+    return _SUMMARY_FIELD + "".join(map(str, digits))
+
+
+def with_rhythm_summary(music_text: str) -> str:
+    """The text with its rhythm summary line just before the K: line (a patch of its own,
+    always among the first patches however long the tune); unchanged without a K: line."""
+    lines = music_text.split("\n")
+    for i, line in enumerate(lines):
+        if line.startswith("K:"):
+            return "\n".join([*lines[:i], rhythm_summary_line(music_text), *lines[i:]])
+    return music_text
+
+
+def _reference(music_text: str) -> str:
+    return music_text
+
+
+INPUT_PROFILES: dict[str, Callable[[str], str]] = {
+    REFERENCE_PROFILE: _reference,
+    # Dance-type cues that do not depend on how a book spells its meter and note lengths:
+    # bench.rhythm_reference measures that they carry from one book to another.
+    RHYTHM_SUMMARY_PROFILE: with_rhythm_summary,
+}
+
+
+def input_profile(name: str) -> Callable[[str], str]:
+    """The rewrite named `name`; ValueError listing the known ones otherwise."""
+    try:
+        return INPUT_PROFILES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown input profile {name!r}; known: {sorted(INPUT_PROFILES)}. A newer "
+            "clamp-index may know it: upgrade, or use a model made for this version"
+        ) from None
