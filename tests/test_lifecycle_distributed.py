@@ -10,14 +10,14 @@ import pytest
 
 from tests.conftest import run_cli, settings_from_env
 from tests.faults import Worker
-from tests.support.folk import copy_ryans_tunes
+from tests.support.folk import GATED_STEPS, GATED_TUNES, copy_ryans_tunes
 from tests.support.random_checkpoint import write_random_checkpoint
 from workers.database import session_factory
 from workers.runtime import close_contexts, get_context
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 
-TUNES = 150
+TUNES = GATED_TUNES
 
 
 def test_worker_reindexes_and_trains_then_swaps(
@@ -48,7 +48,7 @@ def test_worker_reindexes_and_trains_then_swaps(
         rebuilt = ok("reindex")
         assert rebuilt["status"] == "done", rebuilt
         assert rebuilt["check"]["points"] == rebuilt["check"]["live_pieces"] == TUNES
-        trained = ok("train", "--steps", "300")
+        trained = ok("train", "--steps", str(GATED_STEPS))
         assert trained["accepted"] is True, trained
         assert trained["reindex_job_id"] is not None
         follow = ok("status", "--job", str(trained["reindex_job_id"]))

@@ -19,17 +19,13 @@ from orchestrator.schedules import make_spec
 from orchestrator.search import SearchService
 from schemas.db import ModelStatus, RunStatus, ScheduleAction
 from tests.conftest import run_cli, settings_from_env
-from tests.support.folk import copy_ryans_tunes
+from tests.support.folk import GATED_STEPS, GATED_TUNES, copy_ryans_tunes
 from tests.support.random_checkpoint import write_random_checkpoint
 from workers.runtime import close_contexts, get_context
 
 pytestmark = pytest.mark.slow
 
-TUNES = 150
-# Steps for a candidate that must pass the gate. 300 was on the edge: with 14 held-out tunes
-# one tune's rank decides, and on an AVX-512 AMD CPU the float path alone made seeds 0-2
-# fail. 500 passed for seeds 0-3 there, each by at least +0.06 MRR and +0.07 cross-format.
-ACCEPTED_STEPS = 500
+TUNES = GATED_TUNES
 
 
 @pytest.fixture()
@@ -151,7 +147,7 @@ def test_train_command_accepts_a_better_model_and_swaps_to_it(
     folk: Path, embedded_env: dict[str, str]
 ) -> None:
     assert run_cli(["ingest", str(folk)], embedded_env).returncode == 0
-    result = run_cli(["train", "--steps", str(ACCEPTED_STEPS), "--json"], embedded_env)
+    result = run_cli(["train", "--steps", str(GATED_STEPS), "--json"], embedded_env)
     assert result.returncode == 0, result.stderr
     trained = json.loads(result.stdout)
     assert trained["accepted"] is True, trained["reason"]
@@ -169,7 +165,7 @@ def test_train_command_accepts_a_better_model_and_swaps_to_it(
 def test_one_scheduled_cycle_rescan_train_gate_reindex_swap_rollback(
     folk: Path, embedded_env: dict[str, str], tmp_path: Path
 ) -> None:
-    settings = settings_from_env(embedded_env, train_steps=ACCEPTED_STEPS)
+    settings = settings_from_env(embedded_env, train_steps=GATED_STEPS)
     settings.data_dir.mkdir(parents=True)
     new_tune = copy_ryans_tunes(tmp_path / "later", 1, skip=TUNES)[0]
     clock = FakeClock(datetime.now(UTC))
