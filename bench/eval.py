@@ -6,9 +6,10 @@ heldout: the fixed 10% of the music21 ABC corpus that training never sees, restr
 the collections the model trained on (its manifest's train_config; --collections to set
 them, e.g. to compare two models on the same tunes). Text->music retrieval (query =
 the tune's full metadata text, target = its music) and zero-shot labels, next to random
-vectors; rhythm zero-shot over five dance types by balanced accuracy (single template and
-the --templates ensemble); cross-format retrieval (each tune's MusicXML and MIDI round trip
-finding its ABC original).
+vectors; rhythm zero-shot over five dance types by balanced accuracy (single template, the
+--templates ensemble, and `label_prompts`: that ensemble with the labels' own prompts of
+--label-prompts, which is what `classify` does by default); cross-format retrieval (each
+tune's MusicXML and MIDI round trip finding its ABC original).
 
 unseen: every tune of each collection the model's manifest says it never trained on (a
 leave-one-collection-out fold run: `python -m orchestrator.training --heldout-collection C`),
@@ -33,7 +34,7 @@ import json
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -127,18 +128,30 @@ def unseen_records(
 
 
 def rhythm_pair(
-    encoder: Any, records: Sequence[TuneRecord], templates: Sequence[str]
+    encoder: Any,
+    records: Sequence[TuneRecord],
+    templates: Sequence[str],
+    per_label: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     from orchestrator.training.eval_transfer import SINGLE_TEMPLATE, zero_shot_rhythm
 
-    return {
+    reports = {
         "single": zero_shot_rhythm(encoder, records, SINGLE_TEMPLATE),
         "ensemble": zero_shot_rhythm(encoder, records, templates),
     }
+    if per_label:
+        reports["label_prompts"] = zero_shot_rhythm(
+            encoder, records, templates, per_label=per_label
+        )
+    return reports
 
 
 def heldout_eval(
-    encoder: Any, records: list[TuneRecord], cache: RoundTripCache, templates: Sequence[str]
+    encoder: Any,
+    records: list[TuneRecord],
+    cache: RoundTripCache,
+    templates: Sequence[str],
+    per_label: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     from orchestrator.training.eval import evaluate_heldout
     from orchestrator.training.eval_transfer import cross_format
@@ -150,7 +163,7 @@ def heldout_eval(
         result["zero_shot_rhythm_present_classes"] = result.pop("zero_shot_rhythm")
     result["collections"] = sorted({r.collection for r in records})
     result["text_to_music_random"] = random_retrieval(len(records), encoder.dim)
-    result["zero_shot_rhythm"] = rhythm_pair(encoder, records, templates)
+    result["zero_shot_rhythm"] = rhythm_pair(encoder, records, templates, per_label)
     result["cross_format"] = cross_format(encoder, records, cache)
     return result
 
@@ -160,12 +173,13 @@ def unseen_eval(
     collections: dict[str, list[TuneRecord]],
     cache: RoundTripCache,
     templates: Sequence[str],
+    per_label: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     from orchestrator.training.eval_transfer import evaluate_unseen
 
     report: dict[str, Any] = {}
     for name, records in collections.items():
-        result = evaluate_unseen(encoder, records, cache, templates)
+        result = evaluate_unseen(encoder, records, cache, templates, per_label)
         result["text_to_music_random"] = random_retrieval(len(records), encoder.dim)
         report[name] = result
     return report
@@ -210,9 +224,24 @@ def parse_templates(value: str) -> tuple[str, ...]:
     return templates
 
 
+def parse_label_prompts(value: str) -> dict[str, list[str]]:
+    """'{"reel": ["a {label} with even notes"]}' -> the per-label prompts; checked."""
+    from orchestrator.search import label_prompts
+
+    try:
+        prompts = json.loads(value)
+        if not isinstance(prompts, dict):
+            raise ValueError("give a JSON object: label -> list of prompts")
+        label_prompts(["x", "y"], ["{label}"], prompts)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return prompts
+
+
 def main() -> None:
     from orchestrator.search import DEFAULT_TEMPLATES
     from orchestrator.training.roundtrip import default_cache_dir
+    from schemas.settings import CLASSIFY_LABEL_PROMPTS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="model directory")
@@ -242,6 +271,14 @@ def main() -> None:
         default=DEFAULT_TEMPLATES,
         help='rhythm prompt ensemble, "|"-separated (default: %(default)s)',
     )
+    parser.add_argument(
+        "--label-prompts",
+        type=parse_label_prompts,
+        default={k: list(v) for k, v in CLASSIFY_LABEL_PROMPTS.items()},
+        help="labels' own prompts, as a JSON object, for the rhythm entry 'label_prompts' "
+        "(what classify uses by default; default: CLAMP_INDEX_CLASSIFY_LABEL_PROMPTS' default; "
+        "'{}' leaves the entry out)",
+    )
     args = parser.parse_args()
 
     import torch
@@ -267,9 +304,10 @@ def main() -> None:
     report: dict[str, Any] = {
         "model": loaded.manifest.to_dict(),
         "templates": list(args.templates),
+        "label_prompts": args.label_prompts,
         "roundtrip_cache": str(cache.path),
-        "heldout": heldout_eval(encoder, heldout, cache, args.templates),
-        "unseen": unseen_eval(encoder, unseen, cache, args.templates),
+        "heldout": heldout_eval(encoder, heldout, cache, args.templates, args.label_prompts),
+        "unseen": unseen_eval(encoder, unseen, cache, args.templates, args.label_prompts),
         "template_ranking": rank_templates(encoder, heldout),
     }
     if not args.skip_wikimt:

@@ -131,12 +131,17 @@ def book_report(
             rhythm_report,
             unseen_view,
         )
+        from schemas.settings import CLASSIFY_LABEL_PROMPTS
 
         encoder, templates = model
         train_v = encode_music_texts(encoder, [unseen_view(r) for r in train])
         test_v = encode_music_texts(encoder, [unseen_view(r) for r in test])
         report["model_vectors"] = linear_report(train_v, train_truth, test_v, test_truth)
         report["zero_shot"] = rhythm_report(test_v, test_truth, encoder.encode_texts, templates)
+        # What `classify` answers by default: the same ensemble with the labels' own prompts.
+        report["zero_shot_label_prompts"] = rhythm_report(
+            test_v, test_truth, encoder.encode_texts, templates, CLASSIFY_LABEL_PROMPTS
+        )
     return report
 
 

@@ -191,7 +191,8 @@ def _add_query_routes(app: FastAPI) -> None:
             str | None,
             Form(
                 description="prompt templates separated by '|' (default: the "
-                f"CLAMP_INDEX_CLASSIFY_TEMPLATES setting, {DEFAULT_TEMPLATES})"
+                f"CLAMP_INDEX_CLASSIFY_TEMPLATES setting, {DEFAULT_TEMPLATES}, with "
+                "CLAMP_INDEX_CLASSIFY_LABEL_PROMPTS' own prompts for the labels it names)"
             ),
         ] = None,
         piece_id: Annotated[str | None, Form(description="an indexed piece")] = None,
@@ -200,11 +201,8 @@ def _add_query_routes(app: FastAPI) -> None:
     ) -> ClassifyResult:
         """Zero-shot labels (probabilities) for an upload's tunes, a piece, or the index."""
         label_list = labels.split(",")
-        template_list = (
-            [t for t in templates.split("|") if t.strip()]
-            if templates
-            else state.settings.classify_templates
-        )
+        # None: the settings' templates and per-label prompts (SearchService.label_prompts).
+        template_list = [t for t in templates.split("|") if t.strip()] if templates else None
         if sum([file is not None, bool(piece_id), indexed]) != 1:
             raise BadArgumentError("give exactly one of piece_id, file or indexed=true")
         if indexed:

@@ -156,11 +156,11 @@ class ApiClient:
         return SearchResult.model_validate(self._call("POST", "/similar", data=form, files=files))
 
     def classify_files(
-        self, paths: Sequence[Path], labels: Sequence[str], templates: Sequence[str]
+        self, paths: Sequence[Path], labels: Sequence[str], templates: Sequence[str] | None
     ) -> ClassifyResult:
         merged: ClassifyResult | None = None
         for path in paths:
-            form = {"labels": ",".join(labels), "templates": "|".join(templates)}
+            form = _classify_form(labels, templates)
             files = {"file": (path.name, self._read(path))}
             result = ClassifyResult.model_validate(
                 self._call("POST", "/classify", data=form, files=files)
@@ -180,9 +180,9 @@ class ApiClient:
         return merged
 
     def classify_indexed(
-        self, labels: Sequence[str], templates: Sequence[str]
+        self, labels: Sequence[str], templates: Sequence[str] | None
     ) -> Iterator[LabelResult]:
-        form = {"labels": ",".join(labels), "templates": "|".join(templates), "indexed": "true"}
+        form = {**_classify_form(labels, templates), "indexed": "true"}
         result = ClassifyResult.model_validate(self._call("POST", "/classify", data=form))
         yield from result.results
 
@@ -230,3 +230,11 @@ def server_client(settings: Settings) -> Iterator[ApiClient | None]:
         yield client
     finally:
         client.close()
+
+
+def _classify_form(labels: Sequence[str], templates: Sequence[str] | None) -> dict[str, str]:
+    """POST /classify's form; without templates the server applies its own defaults."""
+    form = {"labels": ",".join(labels)}
+    if templates is not None:
+        form["templates"] = "|".join(templates)
+    return form

@@ -40,11 +40,11 @@ class Queries(Protocol):
     ) -> SearchResult: ...
 
     def classify_files(
-        self, paths: Sequence[Path], labels: Sequence[str], templates: Sequence[str]
+        self, paths: Sequence[Path], labels: Sequence[str], templates: Sequence[str] | None
     ) -> ClassifyResult: ...
 
     def classify_indexed(
-        self, labels: Sequence[str], templates: Sequence[str]
+        self, labels: Sequence[str], templates: Sequence[str] | None
     ) -> Iterator[LabelResult]: ...
 
 
@@ -149,7 +149,8 @@ def register(app: typer.Typer) -> None:
                 "--template",
                 help='Prompt per label, e.g. "a {label}"; repeat it for an ensemble '
                 "(each label's prompts are averaged). Default: the "
-                "CLAMP_INDEX_CLASSIFY_TEMPLATES setting.",
+                "CLAMP_INDEX_CLASSIFY_TEMPLATES setting, and for the labels it names "
+                "CLAMP_INDEX_CLASSIFY_LABEL_PROMPTS' own prompts.",
             ),
         ] = None,
         indexed: Annotated[
@@ -159,14 +160,15 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Zero-shot classification: label probabilities for each tune."""
-        from orchestrator.search import label_prompts
+        from orchestrator.search import request_prompts
 
         if bool(paths) == indexed:
             raise BadArgumentError("give either PATH... or --indexed")
         settings = load_settings(data_dir)
         label_list = labels.split(",")
-        template_list = list(templates or settings.classify_templates)
-        names, _ = label_prompts(label_list, template_list)  # bad labels: exit 2, first
+        # No --template: the settings' templates and per-label prompts, here or on a server.
+        template_list = list(templates) if templates else None
+        names, _ = request_prompts(settings, label_list, template_list)  # bad input: exit 2
         # Labelling files needs only the model; labelling the index needs the index.
         with open_queries(settings, needs_index=indexed) as queries:
             if indexed:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -14,10 +15,11 @@ from schemas.collection import point_id
 from schemas.filters import (
     FILTER_VERSION_META,
     UnknownFilterError,
+    normalise_rhythm,
     store_conditions,
 )
 from schemas.queries import ClassifyResult, Hit, LabelResult, PieceDetail, SearchResult
-from schemas.settings import CLASSIFY_TEMPLATES
+from schemas.settings import CLASSIFY_TEMPLATES, Settings
 from workers import piece_reads, sinks
 from workers.abc import ParsedPiece, parse_abc_text
 from workers.database import session_scope
@@ -51,27 +53,49 @@ class PieceNotFoundError(UserError, LookupError):
 
 
 def label_prompts(
-    labels: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES
-) -> tuple[list[str], list[str]]:
-    """(clean labels, every template filled with every label, label-major)."""
-    if not templates:
-        raise QueryInputError("give at least one prompt template")
-    for template in templates:
+    labels: Sequence[str],
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+    per_label: Mapping[str, Sequence[str]] | None = None,
+) -> tuple[list[str], list[list[str]]]:
+    """(clean labels, each label's prompts): its own templates in `per_label` (matched by
+    schemas.filters.normalise_rhythm: "Slip-Jig" finds "slip jig") or else `templates`,
+    filled with the label."""
+    own = {normalise_rhythm(label): list(t) for label, t in (per_label or {}).items()}
+    for template in [*templates, *(t for group in own.values() for t in group)]:
         if "{label}" not in template:
             raise QueryInputError(f"the template {template!r} has no {{label}} placeholder")
+    if not templates or not all(own.values()):
+        raise QueryInputError("give at least one prompt template")
     cleaned = [label.strip() for label in labels if label.strip()]
     if len(cleaned) < 2:
         raise QueryInputError("zero-shot classification needs at least two labels")
     if len(set(cleaned)) != len(cleaned):
         raise QueryInputError("the labels contain duplicates")
-    return cleaned, [t.replace("{label}", label) for label in cleaned for t in templates]
+    return cleaned, [
+        [t.replace("{label}", label) for t in own.get(normalise_rhythm(label), templates)]
+        for label in cleaned
+    ]
 
 
-def label_vectors(prompt_vectors: np.ndarray, n_labels: int) -> np.ndarray:
-    """One unit vector per label: the mean of its templates' unit vectors (CLIP's ensemble)."""
-    per_label = prompt_vectors.reshape(n_labels, -1, prompt_vectors.shape[-1])
-    per_label = per_label / np.linalg.norm(per_label, axis=-1, keepdims=True)
-    mean = per_label.mean(axis=1)
+def request_prompts(
+    settings: Settings, labels: Sequence[str], templates: Sequence[str] | None
+) -> tuple[list[str], list[list[str]]]:
+    """label_prompts for a request: its templates alone when it names some; else the
+    settings' templates with their per-label prompts (CLAMP_INDEX_CLASSIFY_LABEL_PROMPTS)."""
+    if templates is not None:
+        return label_prompts(labels, templates)
+    return label_prompts(labels, settings.classify_templates, settings.classify_label_prompts)
+
+
+def label_vectors(prompt_vectors: np.ndarray, counts: Sequence[int]) -> np.ndarray:
+    """One unit vector per label: the mean of its prompts' unit vectors (CLIP's ensemble).
+
+    The first counts[0] rows are the first label's prompts, the next counts[1] the
+    second's, and so on.
+    """
+    unit = prompt_vectors / np.linalg.norm(prompt_vectors, axis=-1, keepdims=True)
+    bounds = np.cumsum([0, *counts])
+    mean = np.stack([unit[a:b].mean(axis=0) for a, b in itertools.pairwise(bounds)])
     return mean / np.linalg.norm(mean, axis=-1, keepdims=True)
 
 
@@ -236,7 +260,7 @@ class SearchService:
         self,
         paths: Sequence[Path],
         labels: Sequence[str],
-        templates: Sequence[str] = DEFAULT_TEMPLATES,
+        templates: Sequence[str] | None = None,
     ) -> ClassifyResult:
         """Zero-shot labels for every tune of the given files (indexed or not)."""
         texts = [(str(path.absolute()), self._read_abc(path)) for path in paths]
@@ -247,7 +271,7 @@ class SearchService:
         data: bytes,
         filename: str,
         labels: Sequence[str],
-        templates: Sequence[str] = DEFAULT_TEMPLATES,
+        templates: Sequence[str] | None = None,
     ) -> ClassifyResult:
         text = self._bytes_as_abc(data, filename)
         return self._classify_texts([(filename, text)], labels, templates, ids=False)
@@ -255,12 +279,12 @@ class SearchService:
     def classify_indexed(
         self,
         labels: Sequence[str],
-        templates: Sequence[str] = DEFAULT_TEMPLATES,
+        templates: Sequence[str] | None = None,
         piece_ids: Sequence[str] | None = None,
         batch: int = 1024,
     ) -> Iterator[LabelResult]:
         """Zero-shot labels for indexed pieces (all, or the given ids), from stored vectors."""
-        names, prompts = label_prompts(labels, templates)
+        names, prompts = request_prompts(self.ctx.settings, labels, templates)
         collection = self.collection()
         with session_scope(self.ctx.sessions) as session:
             rows = sinks.indexed_piece_rows(session, collection)
@@ -270,7 +294,7 @@ class SearchService:
             missing = wanted - {r[0] for r in rows}
             if missing:
                 raise PieceNotFoundError(f"no indexed piece with id {sorted(missing)[0]!r}")
-        targets = self._label_vectors(names, prompts)
+        targets = self._label_vectors(prompts)
         for start in range(0, len(rows), batch):
             chunk = rows[start : start + batch]
             found = self.ctx.store.retrieve_vectors(collection, [point_id(r[0]) for r in chunk])
@@ -280,7 +304,7 @@ class SearchService:
                 yield from _label_rows(present, vectors, names, targets)
 
     def classify_all(
-        self, labels: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES
+        self, labels: Sequence[str], templates: Sequence[str] | None = None
     ) -> ClassifyResult:
         return self._collect(self.classify_indexed(labels, templates), labels, templates)
 
@@ -288,18 +312,32 @@ class SearchService:
         self,
         piece_ids: Sequence[str],
         labels: Sequence[str],
-        templates: Sequence[str] = DEFAULT_TEMPLATES,
+        templates: Sequence[str] | None = None,
     ) -> ClassifyResult:
         return self._collect(self.classify_indexed(labels, templates, piece_ids), labels, templates)
 
     def _collect(
-        self, rows: Iterator[LabelResult], labels: Sequence[str], templates: Sequence[str]
+        self, rows: Iterator[LabelResult], labels: Sequence[str], templates: Sequence[str] | None
     ) -> ClassifyResult:
         started = time.perf_counter()
         results = list(rows)
-        names, _ = label_prompts(labels, templates)
+        return self._classify_result(labels, templates, results, started)
+
+    def _classify_result(
+        self,
+        labels: Sequence[str],
+        templates: Sequence[str] | None,
+        results: list[LabelResult],
+        started: float,
+    ) -> ClassifyResult:
+        names, prompts = request_prompts(self.ctx.settings, labels, templates)
+        used = self.ctx.settings.classify_templates if templates is None else templates
         return ClassifyResult(
-            labels=names, templates=list(templates), results=results, latency_ms=_ms(started)
+            labels=names,
+            templates=list(used),
+            prompts=dict(zip(names, prompts, strict=True)),
+            results=results,
+            latency_ms=_ms(started),
         )
 
     # -- pieces ----------------------------------------------------------------------------
@@ -333,12 +371,12 @@ class SearchService:
         self,
         texts: Sequence[tuple[str, str]],
         labels: Sequence[str],
-        templates: Sequence[str],
+        templates: Sequence[str] | None,
         *,
         ids: bool,
     ) -> ClassifyResult:
         started = time.perf_counter()
-        names, prompts = label_prompts(labels, templates)
+        names, prompts = request_prompts(self.ctx.settings, labels, templates)
         encoder = self.encoder
         rows: list[tuple[str | None, str, int, str | None]] = []
         patches: list[np.ndarray] = []
@@ -351,14 +389,13 @@ class SearchService:
         if not rows:
             raise QueryInputError("no readable ABC tune in the given input")
         results = _label_rows(
-            rows, encoder.encode_music(patches), names, self._label_vectors(names, prompts)
+            rows, encoder.encode_music(patches), names, self._label_vectors(prompts)
         )
-        return ClassifyResult(
-            labels=names, templates=list(templates), results=results, latency_ms=_ms(started)
-        )
+        return self._classify_result(labels, templates, results, started)
 
-    def _label_vectors(self, names: Sequence[str], prompts: Sequence[str]) -> np.ndarray:
-        return label_vectors(self.encoder.encode_texts(list(prompts)), len(names))
+    def _label_vectors(self, prompts: Sequence[Sequence[str]]) -> np.ndarray:
+        flat = [prompt for group in prompts for prompt in group]
+        return label_vectors(self.encoder.encode_texts(flat), [len(g) for g in prompts])
 
     def _read_abc(self, path: Path) -> str:
         """A query file as ABC, by the same rules (and converters) as ingest."""

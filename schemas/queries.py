@@ -41,6 +41,9 @@ class LabelResult(BaseModel):
 class ClassifyResult(BaseModel):
     labels: list[str]
     templates: list[str]
+    # Each label's prompts as sent to the text encoder: the templates filled with it, or
+    # its own prompts (CLAMP_INDEX_CLASSIFY_LABEL_PROMPTS) when the request named none.
+    prompts: dict[str, list[str]] = {}
     results: list[LabelResult]
     latency_ms: float
 

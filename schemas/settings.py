@@ -16,6 +16,20 @@ CLASSIFY_TEMPLATES = (
     "an Irish {label}",
     "music for a {label}",
 )
+# Labels whose music a model can be told in words: these prompts replace the templates for
+# them (a request that names its own templates uses those alone). A meter for the dances
+# that have one; for reels and hornpipes, which share one, the rhythm that tells them apart,
+# in the words of models trained with --rhythm-words (orchestrator.training.rhythm_words).
+CLASSIFY_LABEL_PROMPTS: dict[str, tuple[str, ...]] = {
+    "jig": ("a {label} in 6/8",),
+    "slip jig": ("a {label} in 9/8",),
+    "waltz": ("a {label} in 3/4",),
+    "reel": ("a {label} with even running notes", "a {label}, smooth, even notes"),
+    "hornpipe": (
+        "a {label} with dotted rhythms",
+        "a {label} with strains ending in three long notes",
+    ),
+}
 
 
 class Settings(BaseSettings):
@@ -220,6 +234,12 @@ class Settings(BaseSettings):
         default_factory=lambda: list(CLASSIFY_TEMPLATES),
         description="Prompt templates `classify` averages per label when a request gives "
         "none (JSON list; each holds {label}).",
+    )
+    classify_label_prompts: dict[str, list[str]] = Field(
+        default_factory=lambda: {k: list(v) for k, v in CLASSIFY_LABEL_PROMPTS.items()},
+        description="Prompts that replace classify_templates for a label when a request "
+        "gives no templates (JSON object: label -> list, each holding {label}; labels match "
+        "whatever their case, spaces and hyphens; {} turns this off).",
     )
     file_globs: list[str] = Field(
         default_factory=lambda: ["*.abc", "*.xml", "*.musicxml", "*.mxl", "*.mid", "*.midi"],

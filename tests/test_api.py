@@ -188,8 +188,21 @@ def test_classify_upload_piece_and_index(client: TestClient) -> None:
     kesh = ok(client.get("/search", params={"q": "x", "rhythm": "jig"}))["hits"][0]
     one = ok(client.post("/classify", data={"labels": "jig,reel", "piece_id": kesh["piece_id"]}))
     assert [r["piece_id"] for r in one["results"]] == [kesh["piece_id"]]
-    # Without templates the configured default ensemble is used.
+    # Without templates the configured default ensemble is used, with the labels' own
+    # prompts (CLAMP_INDEX_CLASSIFY_LABEL_PROMPTS) for the labels that have some.
     assert one["templates"] == list(CLASSIFY_TEMPLATES) and len(CLASSIFY_TEMPLATES) > 1
+    assert one["prompts"] == {
+        "jig": ["a jig in 6/8"],
+        "reel": ["a reel with even running notes", "a reel, smooth, even notes"],
+    }
+    assert result["prompts"]["reel"] == ["a reel", "an irish reel"]  # named templates alone
+    mixed = ok(
+        client.post("/classify", data={"labels": "Slip-Jig,air", "piece_id": kesh["piece_id"]})
+    )
+    assert mixed["prompts"] == {
+        "Slip-Jig": ["a Slip-Jig in 9/8"],
+        "air": [t.replace("{label}", "air") for t in CLASSIFY_TEMPLATES],
+    }
     every = ok(client.post("/classify", data={"labels": "jig,reel", "indexed": "true"}))
     assert len(every["results"]) == 4
     refused(client.post("/classify", data={"labels": "jig", "indexed": "true"}), 400, "two")

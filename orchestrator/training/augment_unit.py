@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import random
-import re
 from fractions import Fraction
 
 from orchestrator.training.augment_pitch import read_note
-from workers.abc.rhythm import DUPLE_METERS, default_unit, unit_value
+from workers.abc.rhythm import DUPLE_METERS, default_unit, unit_text, unit_value
+from workers.abc.spelling import duple_spelling
 from workers.abc.tokens import (
     Token,
     format_length,
@@ -20,10 +20,6 @@ from workers.abc.tokens import (
 )
 
 __all__ = ["respell_meter", "rewrite_unit_length", "scale_unit_length"]
-
-
-def _unit_text(value: Fraction) -> str:
-    return f"{value.numerator}/{value.denominator}"
 
 
 def _chord_closes(tokens: list[Token]) -> dict[int, int]:
@@ -93,9 +89,9 @@ def scale_unit_length(tune_text: str, factor: Fraction, *, short_halves: bool = 
                 return tune_text
             units[i] = value
     for i, value in units.items():
-        header[i] = f"L:{_unit_text(value / factor)}"
+        header[i] = f"L:{unit_text(value / factor)}"
     if not units:
-        header.insert(len(header) - 1, f"L:{_unit_text(default_unit(header) / factor)}")
+        header.insert(len(header) - 1, f"L:{unit_text(default_unit(header) / factor)}")
     body: list[str] = []
     for line in lines.body:
         kind = line_kind(line)
@@ -105,14 +101,14 @@ def scale_unit_length(tune_text: str, factor: Fraction, *, short_halves: bool = 
                 if token.kind == "field" and token.text.startswith("[L:"):
                     value = unit_value(token.text[3:-1])
                     if value is not None:
-                        token = Token("field", f"[L:{_unit_text(value / factor)}]")
+                        token = Token("field", f"[L:{unit_text(value / factor)}]")
                 tokens.append(token)
             scaled = _scale_lengths(tokens, factor, short_halves)
             line = join_tokens(space_field_lookalikes(scaled))
         elif kind == "field" and line.startswith("L:"):
             value = unit_value(line[2:])
             if value is not None:
-                line = f"L:{_unit_text(value / factor)}"
+                line = f"L:{unit_text(value / factor)}"
         body.append(line)
     return "\n".join(header + body)
 
@@ -135,53 +131,25 @@ def rewrite_unit_length(tune_text: str, rng: random.Random) -> str:
 _PLAUSIBLE_UNITS = {Fraction(1, 2**k) for k in range(2, 6)}  # 1/4 .. 1/32
 
 
-def _field_value(line: str) -> str:
-    return line[2:].split("%", 1)[0].strip()
-
-
 def respell_meter(tune_text: str, rng: random.Random) -> str:
-    """The same bars under another duple meter spelling: M: and L: change together so
-    that every bar still holds the same number of units, and the body is untouched
-    (``M:2/4 L:1/16`` <-> ``M:C| L:1/8`` <-> ``M:4/4 L:1/8``...).
+    """The same bars under another duple meter spelling (workers.abc.spelling): M: and L:
+    change together so that every bar keeps its text (``M:2/4 L:1/16`` <-> ``M:C| L:1/8``
+    <-> ``M:4/4 L:1/8``...).
 
-    What changes is how long the notes are said to be, not the notes or the bars: the
-    written text of every bar stays the same. Unchanged for other meters, for tunes that
-    change meter or unit in the body, and where no other spelling keeps L: between 1/4
-    and 1/32.
+    Unchanged for other meters, for tunes that change meter or unit in the body, and where
+    no other spelling keeps L: between 1/4 and 1/32.
     """
-    lines = split_lines(tune_text)
-    if lines is None:
+    spelling = duple_spelling(tune_text)
+    if spelling is None:
         return tune_text
-    meters = [i for i, line in enumerate(lines.header) if line.startswith("M:")]
-    units = [i for i, line in enumerate(lines.header) if line.startswith("L:")]
-    if len(meters) != 1 or len(units) > 1:
-        return tune_text
-    meter = _field_value(lines.header[meters[0]])
-    if meter not in DUPLE_METERS:
-        return tune_text
-    for line in lines.body:
-        if re.match(r"[ML]:", line) or re.search(r"\[[ML]:", line):
-            return tune_text
-    unit = unit_value(lines.header[units[0]][2:]) if units else default_unit(lines.header)
-    if unit is None:
-        return tune_text
-    units_per_whole = unit / DUPLE_METERS[meter]  # the new L: is this times the new bar
     choices = [
-        (other, units_per_whole * bar)
-        for other, bar in DUPLE_METERS.items()
-        if other != meter and units_per_whole * bar in _PLAUSIBLE_UNITS
+        other
+        for other in DUPLE_METERS
+        if other != spelling.meter and spelling.unit_for(other) in _PLAUSIBLE_UNITS
     ]
     if not choices:
         return tune_text
     # Half bar or whole bar first, then a spelling of it: otherwise a whole-bar tune would
     # move to 2/4 only one time in four, and that split is the one that misleads.
-    lengths = sorted({DUPLE_METERS[other] for other, _ in choices})
-    bar = rng.choice(lengths)
-    new_meter, new_unit = rng.choice([c for c in choices if DUPLE_METERS[c[0]] == bar])
-    header = list(lines.header)
-    header[meters[0]] = f"M:{new_meter}"
-    if units:
-        header[units[0]] = f"L:{_unit_text(new_unit)}"
-    else:
-        header.insert(len(header) - 1, f"L:{_unit_text(new_unit)}")
-    return "\n".join(header + lines.body)
+    bar = rng.choice(sorted({DUPLE_METERS[other] for other in choices}))
+    return spelling.written_as(rng.choice([c for c in choices if DUPLE_METERS[c] == bar]))

@@ -25,7 +25,12 @@ from orchestrator.training.sources import (
     training_collections,
 )
 from orchestrator.training.views import RoundTrips
-from workers.abc.profiles import INPUT_PROFILES, REFERENCE_PROFILE, RHYTHM_SUMMARY_PROFILE
+from workers.abc.profiles import (
+    CANONICAL_DUPLE_PROFILE,
+    INPUT_PROFILES,
+    REFERENCE_PROFILE,
+    RHYTHM_SUMMARY_PROFILE,
+)
 from workers.clamp import ClampEncoder
 from workers.clamp.loading import load_tokenizer
 from workers.clamp.minilm import minilm_dir
@@ -93,7 +98,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=sorted(INPUT_PROFILES),
         help="how music text is rewritten before patching, in training and by every user of "
         f"the model (default {REFERENCE_PROFILE}: the reference text; "
-        f"{RHYTHM_SUMMARY_PROFILE}: a line of spelling-free rhythm statistics added)",
+        f"{RHYTHM_SUMMARY_PROFILE}: a line of spelling-free rhythm statistics added; "
+        f"{CANONICAL_DUPLE_PROFILE}: that, and every duple meter written one way)",
+    )
+    parser.add_argument(
+        "--rhythm-words",
+        action="store_true",
+        default=None,
+        help="add words for each tune's rhythm to its training texts ('dotted rhythms', "
+        "'phrases ending on three long notes', 'even running notes')",
     )
     return parser.parse_args(argv)
 
@@ -121,6 +134,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         ("bf16", args.bf16),
         ("eval_every", args.eval_every),
         ("input_profile", args.input_profile),
+        ("text_rhythm_words", args.rhythm_words),
     ):
         if value is not None:
             values[key] = value

@@ -39,6 +39,9 @@ class TrainConfig(BaseModel):
     # features are then computed once instead of every step (text was half a step's time).
     # 0 draws a fresh text every step.
     text_variants: int = 8
+    # Add words for the tune's rhythm (orchestrator.training.rhythm_words: "dotted rhythms",
+    # ...) to its texts: they name what tells dances apart, the same way in every book.
+    text_rhythm_words: bool = False
     # Music views per training tune besides its own text: `music_views` augmented copies
     # (orchestrator.training.augment, each op with probability augment_p), plus the cached
     # MusicXML and MIDI round trips when the run has a round-trip cache. Each step pairs the

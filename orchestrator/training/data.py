@@ -432,9 +432,15 @@ def has_text(record: TuneRecord) -> bool:
     return bool(text_fields(record))
 
 
-def sample_text(record: TuneRecord, rng: random.Random) -> str:
-    """CLaMP-style text dropout: a random non-empty subset of fields in random order."""
+def sample_text(record: TuneRecord, rng: random.Random, rhythm: Sequence[str] = ()) -> str:
+    """CLaMP-style text dropout: a random non-empty subset of fields in random order.
+
+    `rhythm` (rhythm_words.rhythm_words of the tune) is one more field when given; without
+    it the draws are those of runs from before it existed.
+    """
     fields = text_fields(record)
+    if rhythm:
+        fields["rhythm_words"] = list(rhythm)
     kinds = sorted(fields)
     count = rng.randint(1, len(kinds))
     chosen = rng.sample(kinds, count)  # sample() also shuffles: order is random too

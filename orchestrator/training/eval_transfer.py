@@ -14,7 +14,7 @@ These checks take that shortcut away:
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -141,20 +141,32 @@ def rhythm_labelled(records: Sequence[TuneRecord]) -> list[TuneRecord]:
     return [r for r in records if r.rhythm in RHYTHM_CLASSES]
 
 
+def prompt_vectors(
+    encode_texts: Callable[[list[str]], np.ndarray],
+    classes: Sequence[str],
+    templates: Sequence[str],
+    per_label: Mapping[str, Sequence[str]] | None = None,
+) -> np.ndarray:
+    """[classes, D] unit text vectors: each class's prompts (search.label_prompts) averaged."""
+    _, prompts = label_prompts(classes, templates, per_label)
+    flat = [prompt for group in prompts for prompt in group]
+    return label_vectors(encode_texts(flat), [len(group) for group in prompts])
+
+
 def template_vectors(
     encode_texts: Callable[[list[str]], np.ndarray],
     template: str,
     classes: Sequence[str] = RHYTHM_CLASSES,
 ) -> np.ndarray:
     """[classes, D] unit text vectors of one template filled with each class."""
-    _, prompts = label_prompts(classes, (template,))
-    return label_vectors(encode_texts(prompts), len(classes))
+    return prompt_vectors(encode_texts, classes, (template,))
 
 
 def ensemble_vectors(per_template: Sequence[np.ndarray]) -> np.ndarray:
     """CLIP's prompt ensemble of several templates' [classes, D] vectors: one per class."""
     stacked = np.stack(per_template, axis=1)  # [classes, templates, D], label-major
-    return label_vectors(stacked.reshape(-1, stacked.shape[-1]), stacked.shape[0])
+    classes, templates, dim = stacked.shape
+    return label_vectors(stacked.reshape(-1, dim), [templates] * classes)
 
 
 def classify(
@@ -181,12 +193,17 @@ def rhythm_report(
     truth: Sequence[str],
     encode_texts: Callable[[list[str]], np.ndarray],
     templates: Sequence[str],
+    per_label: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
-    """Rhythm zero-shot of already encoded pieces with a template ensemble."""
+    """Rhythm zero-shot of already encoded pieces with a template ensemble (and the labels'
+    own prompts in `per_label`, as `classify` uses them by default)."""
+    named = {"templates": list(templates)}
+    if per_label:
+        named["label_prompts"] = {label: list(p) for label, p in per_label.items()}
     if not truth:
-        return {"n": 0, "templates": list(templates)}
-    labels = ensemble_vectors([template_vectors(encode_texts, t) for t in templates])
-    return {**classify(music, truth, labels, RHYTHM_CLASSES), "templates": list(templates)}
+        return {"n": 0, **named}
+    labels = prompt_vectors(encode_texts, RHYTHM_CLASSES, templates, per_label)
+    return {**classify(music, truth, labels, RHYTHM_CLASSES), **named}
 
 
 def zero_shot_rhythm(
@@ -194,16 +211,19 @@ def zero_shot_rhythm(
     records: Sequence[TuneRecord],
     templates: Sequence[str],
     view: Callable[[TuneRecord], str] | None = None,
+    per_label: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """Dance type by zero-shot over all of RHYTHM_CLASSES, for records labelled with one.
 
-    `templates` are ensembled (one template is plain zero-shot); `view` gives the music
-    text each record is encoded from (its own music_text by default).
+    `templates` are ensembled (one template is plain zero-shot), with `per_label`'s prompts
+    for the labels it names; `view` gives the music text each record is encoded from (its
+    own music_text by default).
     """
     labelled = rhythm_labelled(records)
     texts = [view(r) if view else r.music_text for r in labelled]
     music = encode_music_texts(encoder, texts) if labelled else np.empty((0, 0))
-    return rhythm_report(music, [r.rhythm or "" for r in labelled], encoder.encode_texts, templates)
+    truth = [r.rhythm or "" for r in labelled]
+    return rhythm_report(music, truth, encoder.encode_texts, templates, per_label)
 
 
 def rank_templates(
@@ -331,8 +351,10 @@ def evaluate_unseen(
     records: Sequence[TuneRecord],
     cache: ConvertedTexts,
     templates: Sequence[str],
+    per_label: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
-    """All checks on a collection the model never trained on.
+    """All checks on a collection the model never trained on; rhythm also with the labels'
+    own prompts when `per_label` is given (what `classify` does by default).
 
     Retrieval and rhythm run on unseen_view; the plain-text numbers sit beside them so a
     drop caused by the view alone shows. Cross-format queries are the plain text's round
@@ -346,10 +368,13 @@ def evaluate_unseen(
     truth = [records[i].rhythm or "" for i in rows]
 
     def rhythm(music: np.ndarray) -> dict[str, Any]:
-        return {
-            "single": rhythm_report(music[rows], truth, encoder.encode_texts, SINGLE_TEMPLATE),
-            "ensemble": rhythm_report(music[rows], truth, encoder.encode_texts, templates),
-        }
+        def report(templates_: Sequence[str], own: Mapping[str, Sequence[str]] | None = None):
+            return rhythm_report(music[rows], truth, encoder.encode_texts, templates_, own)
+
+        reports = {"single": report(SINGLE_TEMPLATE), "ensemble": report(templates)}
+        if per_label:
+            reports["label_prompts"] = report(templates, per_label)
+        return reports
 
     return {
         "n": len(records),

@@ -23,6 +23,7 @@ from orchestrator.training.model import (
     fresh_start,
     in_memory_clamp,
 )
+from orchestrator.training.rhythm_words import rhythm_words
 from orchestrator.training.views import RoundTrips, pick_two, view_patches
 from workers.abc import MASK_ID, PAD_ID, PATCH_LENGTH
 from workers.clamp import ClampEncoder, ClampModel
@@ -183,7 +184,11 @@ def train(
     view_rng = random.Random(cfg.seed + 3)
     eval_set = evenly_spaced(heldout, cfg.eval_limit)
     text_rng = random.Random(cfg.seed)
-    variants = [[sample_text(r, text_rng) for _ in range(cfg.text_variants)] for r in train_set]
+    rhythm = [rhythm_words(r.music_text) if cfg.text_rhythm_words else [] for r in train_set]
+    variants = [
+        [sample_text(r, text_rng, words) for _ in range(cfg.text_variants)]
+        for r, words in zip(train_set, rhythm, strict=True)
+    ]
 
     trainable = [p for p in model.parameters() if p.requires_grad] + list(head.parameters())
     decay = [p for p in trainable if p.ndim >= 2]
@@ -227,7 +232,7 @@ def train(
             if cfg.text_variants:
                 texts = [text_rng.choice(variants[i]) for i in batch]
             else:
-                texts = [sample_text(train_set[i], text_rng) for i in batch]
+                texts = [sample_text(train_set[i], text_rng, rhythm[i]) for i in batch]
             picks = [pick_two(len(views[i]), view_rng) if multi_view else (0, 0) for i in batch]
             ids, mask = collate_patches(
                 [views[i][a] for i, (a, _) in zip(batch, picks, strict=True)],

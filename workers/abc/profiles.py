@@ -13,8 +13,10 @@ from collections.abc import Callable
 import numpy as np
 
 from workers.abc.rhythm import rhythm_features
+from workers.abc.spelling import canonical_duple_spelling
 
 __all__ = [
+    "CANONICAL_DUPLE_PROFILE",
     "INPUT_PROFILES",
     "REFERENCE_PROFILE",
     "RHYTHM_SUMMARY_PROFILE",
@@ -25,6 +27,7 @@ __all__ = [
 
 REFERENCE_PROFILE = "clamp"
 RHYTHM_SUMMARY_PROFILE = "rhythm-summary-v1"
+CANONICAL_DUPLE_PROFILE = "rhythm-summary-duple-v1"
 _SUMMARY_FIELD = "I:rhythm "
 
 
@@ -48,6 +51,12 @@ def with_rhythm_summary(music_text: str) -> str:
     return music_text
 
 
+def with_canonical_duple_rhythm(music_text: str) -> str:
+    """The rhythm summary of a tune whose duple meter spelling is made canonical: a bar of
+    eight notes reads the same under `M:2/4 L:1/16` and `M:C| L:1/8`."""
+    return with_rhythm_summary(canonical_duple_spelling(music_text))
+
+
 def _reference(music_text: str) -> str:
     return music_text
 
@@ -57,6 +66,8 @@ INPUT_PROFILES: dict[str, Callable[[str], str]] = {
     # Dance-type cues that do not depend on how a book spells its meter and note lengths:
     # bench.rhythm_reference measures that they carry from one book to another.
     RHYTHM_SUMMARY_PROFILE: with_rhythm_summary,
+    # Also hides the one spelling that told a model a book's reels from its hornpipes.
+    CANONICAL_DUPLE_PROFILE: with_canonical_duple_rhythm,
 }
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "default_unit",
     "meter_kind",
     "rhythm_features",
+    "unit_text",
     "unit_value",
 ]
 
@@ -78,6 +79,11 @@ def unit_value(text: str) -> Fraction | None:
     if match is None or int(match.group(2)) == 0:
         return None
     return Fraction(int(match.group(1)), int(match.group(2)))
+
+
+def unit_text(value: Fraction) -> str:
+    """An L: value as written: Fraction(1, 8) -> "1/8"."""
+    return f"{value.numerator}/{value.denominator}"
 
 
 # Meter kinds; any duple spelling (2/4, 2/2, C|, 4/4, C) is one kind on purpose.
