@@ -201,7 +201,7 @@ def _add_query_routes(app: FastAPI) -> None:
     ) -> ClassifyResult:
         """Zero-shot labels (probabilities) for an upload's tunes, a piece, or the index."""
         label_list = labels.split(",")
-        # None: the settings' templates and per-label prompts (SearchService.label_prompts).
+        # None: the settings' templates and per-label prompts (search.request_prompts).
         template_list = [t for t in templates.split("|") if t.strip()] if templates else None
         if sum([file is not None, bool(piece_id), indexed]) != 1:
             raise BadArgumentError("give exactly one of piece_id, file or indexed=true")
