@@ -321,16 +321,17 @@ class SearchService:
     ) -> ClassifyResult:
         started = time.perf_counter()
         results = list(rows)
-        return self._classify_result(labels, templates, results, started)
+        names, prompts = request_prompts(self.ctx.settings, labels, templates)
+        return self._classify_result(names, prompts, templates, results, started)
 
     def _classify_result(
         self,
-        labels: Sequence[str],
+        names: list[str],
+        prompts: list[list[str]],
         templates: Sequence[str] | None,
         results: list[LabelResult],
         started: float,
     ) -> ClassifyResult:
-        names, prompts = request_prompts(self.ctx.settings, labels, templates)
         used = self.ctx.settings.classify_templates if templates is None else templates
         return ClassifyResult(
             labels=names,
@@ -391,7 +392,7 @@ class SearchService:
         results = _label_rows(
             rows, encoder.encode_music(patches), names, self._label_vectors(prompts)
         )
-        return self._classify_result(labels, templates, results, started)
+        return self._classify_result(names, prompts, templates, results, started)
 
     def _label_vectors(self, prompts: Sequence[Sequence[str]]) -> np.ndarray:
         flat = [prompt for group in prompts for prompt in group]
