@@ -274,7 +274,7 @@ def main() -> None:
     parser.add_argument(
         "--label-prompts",
         type=parse_label_prompts,
-        default={k: list(v) for k, v in CLASSIFY_LABEL_PROMPTS.items()},
+        default=CLASSIFY_LABEL_PROMPTS,
         help="labels' own prompts, as a JSON object, for the rhythm entry 'label_prompts' "
         "(what classify uses by default; default: CLAMP_INDEX_CLASSIFY_LABEL_PROMPTS' default; "
         "'{}' leaves the entry out)",

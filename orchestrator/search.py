@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -97,6 +97,14 @@ def label_vectors(prompt_vectors: np.ndarray, counts: Sequence[int]) -> np.ndarr
     bounds = np.cumsum([0, *counts])
     mean = np.stack([unit[a:b].mean(axis=0) for a, b in itertools.pairwise(bounds)])
     return mean / np.linalg.norm(mean, axis=-1, keepdims=True)
+
+
+def grouped_label_vectors(
+    encode_texts: Callable[[list[str]], np.ndarray], prompts: Sequence[Sequence[str]]
+) -> np.ndarray:
+    """label_vectors of each label's prompts (label_prompts' second half), one encode call."""
+    flat = [prompt for group in prompts for prompt in group]
+    return label_vectors(encode_texts(flat), [len(group) for group in prompts])
 
 
 def zero_shot_scores(music: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -395,8 +403,7 @@ class SearchService:
         return self._classify_result(names, prompts, templates, results, started)
 
     def _label_vectors(self, prompts: Sequence[Sequence[str]]) -> np.ndarray:
-        flat = [prompt for group in prompts for prompt in group]
-        return label_vectors(self.encoder.encode_texts(flat), [len(g) for g in prompts])
+        return grouped_label_vectors(self.encoder.encode_texts, prompts)
 
     def _read_abc(self, path: Path) -> str:
         """A query file as ABC, by the same rules (and converters) as ingest."""

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from orchestrator.search import label_prompts, label_vectors
+from orchestrator.search import grouped_label_vectors, label_prompts, label_vectors
 from orchestrator.training.augment_notation import add_chord_symbols
 from orchestrator.training.data import TuneRecord, full_text
 from orchestrator.training.eval import retrieval_metrics
@@ -149,8 +149,7 @@ def prompt_vectors(
 ) -> np.ndarray:
     """[classes, D] unit text vectors: each class's prompts (search.label_prompts) averaged."""
     _, prompts = label_prompts(classes, templates, per_label)
-    flat = [prompt for group in prompts for prompt in group]
-    return label_vectors(encode_texts(flat), [len(group) for group in prompts])
+    return grouped_label_vectors(encode_texts, prompts)
 
 
 def template_vectors(
