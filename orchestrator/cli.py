@@ -28,6 +28,7 @@ from orchestrator import cli_lifecycle, cli_queries, jobs
 from orchestrator.cli_options import DataDirOpt, JsonOpt
 from orchestrator.cli_options import command_settings as _settings
 from orchestrator.cli_schedules import scheduler, schedules_app, sources_app
+from schemas.db import JobKind
 from schemas.settings import load_settings
 from workers.database import session_factory
 from workers.errors import UserError
@@ -61,6 +62,8 @@ def _print_counts(c: JobCounts) -> None:
         ("failures", c.failed),
     ]:
         table.add_row(label, str(value))
+    if c.progress:
+        table.add_row("phase", describe_progress(c.progress))
     out.print(table)
     if c.failed:
         out.print("[yellow]see `clamp-index failures` for what failed and why[/]")
@@ -130,6 +133,35 @@ def _run_ingest(
     _report(counts, as_json)
 
 
+def describe_progress(progress: dict[str, Any]) -> str:
+    """A long job's own report in one line: "training 350/2000, loss 2.0134"."""
+    text = str(progress.get("phase", ""))
+    if progress.get("total"):
+        text += f" {progress.get('done', 0)}/{progress['total']}"
+    if "loss" in progress:
+        text += f", loss {progress['loss']}"
+    return text
+
+
+class _PhaseBar:
+    """One bar that follows a long job's phases (round trips, then training steps...)."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.task = progress.add_task("waiting for a worker", total=None)
+
+    def update(self, c: JobCounts) -> None:
+        if not c.progress:
+            return
+        total = c.progress.get("total") or None
+        self.progress.update(
+            self.task,
+            completed=c.progress.get("done", 0),
+            total=total,
+            description=describe_progress({**c.progress, "total": 0}),
+        )
+
+
 class _JobBars:
     """Two progress bars, parse and encode, drawn from the ledger's counts."""
 
@@ -194,7 +226,8 @@ def status(
         raise _fail("no job has run yet: start one with `clamp-index ingest PATH`")
     if watch:
         with _progress(not as_json and err.is_terminal) as progress:
-            counts = jobs.wait_for(sessions, counts.job_id, _JobBars(progress).update)
+            bars = _PhaseBar(progress) if counts.kind == JobKind.TRAIN else _JobBars(progress)
+            counts = jobs.wait_for(sessions, counts.job_id, bars.update)
     _report(counts, as_json)
 
 

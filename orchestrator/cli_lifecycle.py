@@ -113,9 +113,15 @@ def register(app: typer.Typer) -> None:
         from orchestrator.lifecycle import retrain
 
         settings = base._settings(data_dir)
-        with base._sigterm_interrupts():
+        show = not as_json and base.err.is_terminal
+        with base._progress(show) as progress, base._sigterm_interrupts():
             result = retrain(
-                settings, from_model=from_model, steps=steps, seed=seed, promote=promote
+                settings,
+                from_model=from_model,
+                steps=steps,
+                seed=seed,
+                promote=promote,
+                on_progress=base._PhaseBar(progress).update,
             )
         if as_json:
             print_json(result.to_dict())

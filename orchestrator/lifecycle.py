@@ -10,7 +10,8 @@ from typing import Any
 from sqlalchemy import func, select
 
 from orchestrator import models
-from orchestrator.jobs import wait_for, wake_workers
+from orchestrator.job_progress import JobProgress
+from orchestrator.jobs import ProgressCallback, wait_for, wake_workers
 from schemas.db import Job, JobKind, JobStatus, ModelRecord, ModelStatus, WorkKind
 from schemas.settings import Settings
 from workers import job_state, ledger, registry
@@ -96,8 +97,13 @@ def retrain(
     seed: int = 0,
     promote: bool = True,
     wait: bool = True,
+    on_progress: ProgressCallback | None = None,
 ) -> RetrainResult:
-    """A train job: here (embedded), or on a worker of the `train` queue (distributed)."""
+    """A train job: here (embedded), or on a worker of the `train` queue (distributed).
+
+    on_progress gets the job's counts as its phase (round trips, training, gate, reindex)
+    moves on: every couple of seconds while training.
+    """
     sessions = session_factory(settings.resolved_database_url())
     params = {
         "from_model": from_model,
@@ -113,16 +119,15 @@ def retrain(
         from workers.runner import Runner, holder_name
         from workers.runtime import get_context
 
-        Runner(get_context(settings), holder_name("embedded"), handlers=work_handlers()).drain(
-            "train"
-        )
+        handlers = work_handlers(on_progress)
+        Runner(get_context(settings), holder_name("embedded"), handlers=handlers).drain("train")
     else:
         from workers.celery_app import CeleryWaker, check_broker, make_celery
 
         check_broker(settings)
         wake_workers(sessions, job_id, CeleryWaker(make_celery(settings)), queues=["train"])
         if wait:
-            wait_for(sessions, job_id)
+            wait_for(sessions, job_id, on_progress)
     result = retrain_result(sessions, job_id)
     if wait and result.reindex_job_id is not None and not settings.embedded_queue:
         wait_for(sessions, result.reindex_job_id)
@@ -130,12 +135,14 @@ def retrain(
     return result
 
 
-def work_handlers() -> dict[str, Any]:
+def work_handlers(on_progress: ProgressCallback | None = None) -> dict[str, Any]:
     """Ledger work kinds this package runs for the workers (training needs the trainer)."""
-    return {WorkKind.TRAIN: lambda ctx, job_id: run_train_job(ctx.settings, job_id)}
+    return {WorkKind.TRAIN: lambda ctx, job_id: run_train_job(ctx.settings, job_id, on_progress)}
 
 
-def run_train_job(settings: Settings, job_id: int) -> None:
+def run_train_job(
+    settings: Settings, job_id: int, on_progress: ProgressCallback | None = None
+) -> None:
     """Train a candidate on the catalogue, gate it, and promote it if it wins.
 
     Runs where the train work item is claimed; records everything on the job and the
@@ -147,13 +154,15 @@ def run_train_job(settings: Settings, job_id: int) -> None:
         if job is None or job.status in JobStatus.ENDED:
             return
     try:
-        _train_gate_promote(settings, sessions, job_id)
+        _train_gate_promote(settings, sessions, job_id, JobProgress(sessions, job_id, on_progress))
     except (UserError, ValueError) as exc:
         # The catalogue or a setting is wrong, not the worker: retrying cannot help.
         _finish(sessions, job_id, JobStatus.FAILED, error=str(exc))
 
 
-def _train_gate_promote(settings: Settings, sessions: Any, job_id: int) -> None:
+def _train_gate_promote(
+    settings: Settings, sessions: Any, job_id: int, progress: JobProgress
+) -> None:
     from orchestrator.training import evaluate_model, records_from_pieces, train_on_catalogue
     from orchestrator.training.data import TuneRecord
     from orchestrator.training.roundtrip import RoundTripCache
@@ -181,6 +190,7 @@ def _train_gate_promote(settings: Settings, sessions: Any, job_id: int) -> None:
         else None
     )
     started = time.monotonic()
+    steps = int(params["steps"])
     staging = settings.models_dir / f".training-{job_id}"
     shutil.rmtree(staging, ignore_errors=True)
     result = train_on_catalogue(
@@ -189,10 +199,12 @@ def _train_gate_promote(settings: Settings, sessions: Any, job_id: int) -> None:
         name=name,
         version=version,
         from_model=base_path,
-        steps=int(params["steps"]),
+        steps=steps,
         seed=int(params["seed"]),
         device=settings.device,
         roundtrips=plan,
+        progress=progress.training(steps),
+        round_trip_progress=progress.round_trips,
     )
     train_s = time.monotonic() - started
     final = settings.models_dir.resolve() / f"{name}-{result.model_version}"
@@ -207,6 +219,7 @@ def _train_gate_promote(settings: Settings, sessions: Any, job_id: int) -> None:
     # What the run converted (nothing when its converters could not run): both models
     # are measured on the same round trips of the same held-out tunes.
     converted = RoundTripCache(plan.cache_dir) if plan is not None else None
+    progress.phase("gate")
     decision = gate(
         evaluate_model(final, heldout, device=settings.device, converted=converted),
         evaluate_model(active_path, heldout, device=settings.device, converted=converted),
@@ -244,6 +257,7 @@ def _train_gate_promote(settings: Settings, sessions: Any, job_id: int) -> None:
             gate_s=round(gate_s, 1),
         )
     if decision.accepted and params.get("promote", True):
+        progress.phase("reindex")
         _promote(settings, sessions, job_id, candidate_id)
     _finish(sessions, job_id, JobStatus.DONE)
 

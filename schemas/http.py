@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 
@@ -51,6 +53,11 @@ class JobReport(BaseModel):
     pieces_per_s: float
     eta_s: float | None
     stages: dict[str, dict[str, int]]
+    progress: dict[str, Any] = Field(
+        default_factory=dict,
+        description="a train job's phase (round trips, training, gate, reindex), "
+        "done and total in it, and the recent training loss",
+    )
 
 
 class FailureRow(BaseModel):

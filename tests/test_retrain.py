@@ -21,6 +21,7 @@ from schemas.db import ModelStatus, RunStatus, ScheduleAction
 from tests.conftest import run_cli, settings_from_env
 from tests.support.folk import GATED_STEPS, GATED_TUNES, copy_ryans_tunes
 from tests.support.random_checkpoint import write_random_checkpoint
+from workers.job_state import JobCounts
 from workers.runtime import close_contexts, get_context
 
 pytestmark = pytest.mark.slow
@@ -119,13 +120,24 @@ def test_a_rejected_candidate_changes_nothing(folk: Path, embedded_env: dict[str
     try:
         jobs.ingest(settings, [folk])
         before = list_collections(settings)
-        result = retrain(settings, steps=20)
+        seen: list[JobCounts] = []
+        result = retrain(settings, steps=20, on_progress=seen.append)
         assert result.status == "done" and result.accepted is False
         assert result.reason is not None and "needs +1.0000" in result.reason
         assert result.reindex_job_id is None
         assert [c.to_dict() for c in list_collections(settings)] == [c.to_dict() for c in before]
     finally:
         close_contexts()
+    # Whoever follows the job sees its phases in order, training from the first step to the last.
+    phases = list(dict.fromkeys(c.progress["phase"] for c in seen))
+    assert phases in (["round trips", "training", "gate"], ["training", "gate"])
+    steps = [c.progress for c in seen if c.progress["phase"] == "training"]
+    assert steps[0]["done"] == 1 and steps[-1]["done"] == steps[-1]["total"] == 20
+    assert isinstance(steps[-1]["loss"], float)
+    status = json.loads(
+        run_cli(["status", "--job", str(result.job_id), "--json"], embedded_env).stdout
+    )
+    assert status["progress"]["phase"] == "gate"
     shown = run_cli(["models", "show", str(result.candidate_id), "--json"], embedded_env)
     model = json.loads(shown.stdout)
     assert model["status"] == ModelStatus.REJECTED and model["notes"] == result.reason

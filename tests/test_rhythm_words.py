@@ -3,7 +3,9 @@ rhythm words in training texts, and labels' own prompts for classify."""
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,6 +100,24 @@ def test_the_training_command_turns_rhythm_words_and_the_profile_on() -> None:
     assert cfg.text_rhythm_words and cfg.input_profile == CANONICAL_DUPLE_PROFILE
     _, default = parse_config(["--out", "m"])
     assert not default.text_rhythm_words
+
+
+def test_a_fine_tune_goes_on_naming_the_rhythm_when_its_parent_did(tmp_path: Path) -> None:
+    from orchestrator.training import TrainConfig, save_model
+    from orchestrator.training.model import build_model, like_start, start_from_checkpoint
+    from tests.test_training import TINY
+
+    worded = TrainConfig(**TINY, text_rhythm_words=True)
+    parent = save_model(build_model(worded).eval(), tmp_path / "worded", cfg=worded)
+    # Catalogue retraining runs the default recipe, which names no rhythm.
+    assert like_start(TrainConfig(**TINY), start_from_checkpoint(parent)).text_rhythm_words
+    plain = TrainConfig(**TINY)
+    other = save_model(build_model(plain).eval(), tmp_path / "plain", cfg=plain)
+    assert not like_start(TrainConfig(**TINY), start_from_checkpoint(other)).text_rhythm_words
+    # A hand-edited recipe that is not a mapping reads as "no words", not as a crash.
+    data = json.loads((parent / "manifest.json").read_text(encoding="utf-8"))
+    (parent / "manifest.json").write_text(json.dumps({**data, "train_config": ["junk"]}))
+    assert not start_from_checkpoint(parent).text_rhythm_words
 
 
 def test_labels_with_their_own_prompts_replace_the_templates_and_average_them() -> None:

@@ -350,7 +350,7 @@ def test_catalogue_run_trains_on_round_trips_and_measures_formats(
     # weights are the same bytes.
     second = run("second")
     trips = json.loads((second / "manifest.json").read_text())["training_data"]["roundtrips"]
-    assert trips == {"tunes": 15, "converted": 0, "failed": 0, "cached": 30}
+    assert trips == {"tunes": 15, "converted": 0, "failed": 0, "retried": 0, "cached": 30}
     assert (first / "model.safetensors").read_bytes() == (second / "model.safetensors").read_bytes()
 
 

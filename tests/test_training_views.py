@@ -42,19 +42,38 @@ def test_cache_converts_once_and_persists(tmp_path: Path) -> None:
     tunes = [(content_key(REEL), REEL), (content_key("junk"), "M:4/4\nK:D\n|]|]\n")]
     cache = RoundTripCache(tmp_path)
     counts = cache.fill(tunes, workers=1)
-    assert counts == {"converted": 2, "failed": 2, "cached": 0}
+    assert counts == {"converted": 2, "failed": 2, "retried": 0, "cached": 0}
     again = RoundTripCache(tmp_path)  # a new process reads the file
-    assert again.fill(tunes, workers=1) == {"converted": 0, "failed": 0, "cached": 4}
+    assert again.fill(tunes, workers=1) == {"converted": 0, "failed": 0, "retried": 0, "cached": 4}
     assert again.get(content_key(REEL), "midi") == cache.get(content_key(REEL), "midi")
     assert again.get(content_key("junk"), "musicxml") is None
     assert again.entries[(content_key("junk"), "midi")].error
+
+
+def test_a_slow_conversion_gets_a_second_longer_try_before_its_failure_is_cached(
+    tmp_path: Path,
+) -> None:
+    tunes = [(content_key(REEL), REEL)]
+    # 10 ms is less than music21 takes to start: both formats run out of time at first,
+    # as a tune does on a loaded machine, and convert on the longer second try.
+    cache = RoundTripCache(tmp_path)
+    counts = cache.fill(tunes, workers=1, timeouts_s=(0.01, 120.0))
+    assert counts == {"converted": 2, "failed": 0, "retried": 2, "cached": 0}
+    assert cache.get(content_key(REEL), "midi") == convert_music_text(REEL, "midi")
+    # Out of time on both tries: cached as failed, with the limit in the reason.
+    other = tmp_path / "other"
+    slow = RoundTripCache(other)
+    assert slow.fill(tunes, workers=1, timeouts_s=(0.01, 0.01))["failed"] == 2
+    assert RoundTripCache(other).entries[(content_key(REEL), "musicxml")].error == (
+        "the conversion took over 0.01 s"
+    )
 
 
 def test_cache_takes_what_another_process_wrote_meanwhile(tmp_path: Path) -> None:
     tunes = [(content_key(REEL), REEL)]
     late = RoundTripCache(tmp_path)  # opened before the other process filled the file
     assert RoundTripCache(tmp_path).fill(tunes, workers=1)["converted"] == 2
-    assert late.fill(tunes, workers=1) == {"converted": 0, "failed": 0, "cached": 2}
+    assert late.fill(tunes, workers=1) == {"converted": 0, "failed": 0, "retried": 0, "cached": 2}
     assert len(late.path.read_text().splitlines()) == 2  # nothing converted twice
 
 

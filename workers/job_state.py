@@ -120,6 +120,8 @@ class JobCounts:
     finished_at: datetime | None
     # Ledger items by kind (parse / encode / delete) and state (pending, leased, done...).
     stages: dict[str, dict[str, int]]
+    # What a job made of one long item (training) says of itself: phase, done, total...
+    progress: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def rate_and_eta(self) -> tuple[float, float | None]:
         """Pieces finished per second since the job began, and seconds left at that rate."""
@@ -160,6 +162,7 @@ class JobCounts:
             "pieces_per_s": round(rate, 2),
             "eta_s": round(eta, 1) if eta is not None else None,
             "stages": self.stages,
+            "progress": self.progress,
         }
 
     @classmethod
@@ -260,6 +263,7 @@ def refresh_job(session: Session, job_id: int) -> JobCounts:
         created_at=job.created_at,
         finished_at=job.finished_at,
         stages=stages,
+        progress=dict(job.params.get("progress") or {}),
     )
 
 

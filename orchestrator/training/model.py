@@ -42,6 +42,9 @@ class StartingPoint:
     origin: dict[str, Any] | None = None
     # The checkpoint's input profile: a fine-tuned model must go on reading text its way.
     input_profile: str = REFERENCE_PROFILE
+    # Whether its training texts named the tune's rhythm: a fine-tune that stopped would
+    # pull the music tower away from the words its text side learnt to match.
+    text_rhythm_words: bool = False
 
 
 def clamp_config(cfg: TrainConfig) -> ClampConfig:
@@ -82,6 +85,7 @@ def start_from_checkpoint(model_dir: Path) -> StartingPoint:
     loaded = load_clamp(model_dir)
     loaded.model.text_enc.requires_grad_(False)
     extras = manifest_data(Path(model_dir))
+    recipe = extras.get("train_config")
     return StartingPoint(
         model=loaded.model,
         tokenizer=loaded.tokenizer,
@@ -92,12 +96,14 @@ def start_from_checkpoint(model_dir: Path) -> StartingPoint:
             "weights_sha256": loaded.manifest.weights_sha256,
         },
         input_profile=loaded.manifest.input_profile,
+        text_rhythm_words=isinstance(recipe, dict) and recipe.get("text_rhythm_words") is True,
     )
 
 
 def like_start(cfg: TrainConfig, start: StartingPoint) -> TrainConfig:
-    """cfg with the shape fields and input profile of the model a run starts from, so the
-    manifest states what was run and the new model reads music text as its parent did."""
+    """cfg with the shape fields, input profile and text recipe of the model a run starts
+    from, so the manifest states what was run and the new model reads music text and
+    describes tunes as its parent did."""
     config = start.model.config
     return cfg.model_copy(
         update={
@@ -108,6 +114,7 @@ def like_start(cfg: TrainConfig, start: StartingPoint) -> TrainConfig:
             "max_patches": config.max_length,
             "dropout": config.hidden_dropout_prob,
             "input_profile": start.input_profile,
+            "text_rhythm_words": cfg.text_rhythm_words or start.text_rhythm_words,
         }
     )
 

@@ -22,6 +22,7 @@ import signal
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,11 @@ FORMATS = ("musicxml", "midi")
 CACHE_VERSION = "1"
 # Longer tunes are left out: music21 is slow on them, and only 128 patches are read anyway.
 MAX_TUNE_CHARS = 12_000
-TIMEOUT_S = 20  # per tune and format; typical tunes take 0.1-0.6 s
+TIMEOUT_S = 20.0  # per tune and format; typical tunes take 0.1-0.6 s
+# A tune over TIMEOUT_S is tried once more with this limit before its failure is cached:
+# on a loaded machine a 15 s tune runs past 20 s, and a cached timeout would leave that
+# machine's training views (and its runs) different from another's for the same seed.
+RETRY_TIMEOUT_S = 120.0
 _REPEATS = re.compile(r":*\|+:*|::")
 _FIELD = re.compile(r"^[A-Za-z]:")
 
@@ -99,23 +104,43 @@ def convert_music_text(music_text: str, target: str) -> str:
     return pieces[0].music_text
 
 
+class _TimedOut(BaseException):
+    """Raised by the alarm. A BaseException, so the converters' `except Exception` clauses
+    (xml2abc reports whatever it catches as its own failure) let it through."""
+
+
+_alarm_rang = False  # set by the alarm: a bare `except:` somewhere may still swallow it
+
+
 def _time_out(signum: int, frame: object) -> None:
-    raise TimeoutError(f"the conversion took over {TIMEOUT_S} s")
+    global _alarm_rang
+    _alarm_rang = True
+    raise _TimedOut()
 
 
-def _convert_one(item: tuple[str, str, str]) -> RoundTrip:
-    key, music_text, target = item
+def _convert_one(item: tuple[str, str, str, float]) -> tuple[RoundTrip, bool]:
+    """(the round trip, whether it ran out of time) for one (key, text, format, limit)."""
+    global _alarm_rang
+    key, music_text, target, limit_s = item
+    _alarm_rang = False
+    trip: RoundTrip | None = None
     # Runs in a pool worker's main thread, so an alarm can stop one tune on which music21's
     # quantiser or repeat expander spins for minutes, and the pool goes on with the next.
     previous = signal.signal(signal.SIGALRM, _time_out)
-    signal.alarm(TIMEOUT_S)
+    signal.setitimer(signal.ITIMER_REAL, limit_s)
     try:
-        return RoundTrip(key, target, convert_music_text(music_text, target))
+        trip = RoundTrip(key, target, convert_music_text(music_text, target))
     except ValueError as exc:
-        return RoundTrip(key, target, None, str(exc)[:300])
+        trip = RoundTrip(key, target, None, str(exc)[:300])
+    except _TimedOut:
+        pass
     finally:
-        signal.alarm(0)
+        signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+    if _alarm_rang:
+        return RoundTrip(key, target, None, f"the conversion took over {limit_s:g} s"), True
+    assert trip is not None
+    return trip, False
 
 
 def _ends_with_newline(path: Path) -> bool:
@@ -178,14 +203,22 @@ class RoundTripCache:
         tunes: Iterable[tuple[str, str]],
         workers: int = 2,
         progress: Callable[[int, int], None] | None = None,
+        timeouts_s: tuple[float, float] = (TIMEOUT_S, RETRY_TIMEOUT_S),
     ) -> dict[str, int]:
         """Convert every (key, music text) not cached yet; append results as they come.
 
-        Returns counts: converted, failed, cached (already there before this call).
+        A conversion gets timeouts_s[0] seconds, and one more try with timeouts_s[1] before
+        it is cached as failed. Returns counts: converted, failed, retried (of those, how
+        many ran past the first limit), cached (already there before this call).
         """
         tunes = list(dict(tunes).items())
         if not self.missing(tunes):
-            return {"converted": 0, "failed": 0, "cached": len(tunes) * len(FORMATS)}
+            return {
+                "converted": 0,
+                "failed": 0,
+                "retried": 0,
+                "cached": len(tunes) * len(FORMATS),
+            }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.with_suffix(".lock").open("a") as lock:
             # Another process (a training run beside an eval) may be filling the same file:
@@ -193,7 +226,7 @@ class RoundTripCache:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 self._load()
-                return self._convert(tunes, workers, progress)
+                return self._convert(tunes, workers, progress, timeouts_s)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -202,11 +235,19 @@ class RoundTripCache:
         tunes: list[tuple[str, str]],
         workers: int,
         progress: Callable[[int, int], None] | None,
+        timeouts_s: tuple[float, float],
     ) -> dict[str, int]:
         todo = sorted(self.missing(tunes))
-        counts = {"converted": 0, "failed": 0, "cached": len(tunes) * len(FORMATS) - len(todo)}
+        counts = {
+            "converted": 0,
+            "failed": 0,
+            "retried": 0,
+            "cached": len(tunes) * len(FORMATS) - len(todo),
+        }
         if not todo:
             return counts
+        first_s, retry_s = timeouts_s
+        texts = dict(tunes)
         # spawn: the parent may hold torch threads, which fork would copy half-initialised.
         context = multiprocessing.get_context("spawn")
         with self.path.open("a", encoding="utf-8") as out, context.Pool(workers) as pool:
@@ -214,24 +255,45 @@ class RoundTripCache:
                 out.write("\n")  # end a line cut short, or the next one would join it
             # chunksize 1 and no maxtasksperchild: tunes vary from 0.1 s to the alarm, and
             # music21's import (1-2 s) would dominate if workers were replaced.
-            trips = pool.imap_unordered(_convert_one, todo, chunksize=1)
-            for done, trip in enumerate(trips, start=1):
-                self.entries[(trip.key, trip.format)] = trip
-                out.write(json.dumps(trip.__dict__) + "\n")
-                counts["converted" if trip.music_text else "failed"] += 1
+            first = pool.imap_unordered(
+                _convert_one, [(*item, first_s) for item in todo], chunksize=1
+            )
+            slow: list[tuple[str, str, str, float]] = []
+            for done, (trip, timed_out) in enumerate(first, start=1):
+                if timed_out:
+                    slow.append((trip.key, texts[trip.key], trip.format, retry_s))
+                else:
+                    self._keep(trip, out, counts)
                 if progress is not None:
                     progress(done, len(todo))
+            if slow:
+                log.info("round trips: %d over %g s, again with %g s", len(slow), first_s, retry_s)
+            counts["retried"] = len(slow)
+            for trip, _ in pool.imap_unordered(_convert_one, slow, chunksize=1):
+                self._keep(trip, out, counts)
         return counts
+
+    def _keep(self, trip: RoundTrip, out: IO[str], counts: dict[str, int]) -> None:
+        self.entries[(trip.key, trip.format)] = trip
+        out.write(json.dumps(trip.__dict__) + "\n")
+        counts["converted" if trip.music_text else "failed"] += 1
 
 
 def filled_cache(
-    cache_dir: Path, tunes: list[tuple[str, str]], workers: int
+    cache_dir: Path,
+    tunes: list[tuple[str, str]],
+    workers: int,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[RoundTripCache, dict[str, int]]:
-    """The cache in cache_dir with every (key, music text) of tunes converted; the counts."""
+    """The cache in cache_dir with every (key, music text) of tunes converted; the counts.
+
+    Progress is logged every 500 conversions, and given to `progress` after each one."""
     cache = RoundTripCache(cache_dir)
 
     def report(done: int, total: int) -> None:
         if done % 500 == 0 or done == total:
             log.info("round trips %d/%d", done, total)
+        if progress is not None:
+            progress(done, total)
 
     return cache, cache.fill(tunes, workers=workers, progress=report)

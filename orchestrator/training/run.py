@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,10 @@ class RoundTripPlan:
 
 
 def catalogue_round_trips(
-    plan: RoundTripPlan, train_set: Sequence[TuneRecord], heldout: Sequence[TuneRecord]
+    plan: RoundTripPlan,
+    train_set: Sequence[TuneRecord],
+    heldout: Sequence[TuneRecord],
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[RoundTripCache | None, dict[str, Any]]:
     """The filled cache and its counts; (None, the reason) when the converters cannot run.
 
@@ -59,7 +62,7 @@ def catalogue_round_trips(
     chosen = [*train_set[: plan.max_tunes], *heldout[: max(2, plan.max_tunes // 4)]]
     try:
         cache, counts = filled_cache(
-            plan.cache_dir, [(r.key_hash, r.music_text) for r in chosen], plan.workers
+            plan.cache_dir, [(r.key_hash, r.music_text) for r in chosen], plan.workers, progress
         )
     # OSError: the cache folder; AssertionError: a daemonic (Celery prefork) process may
     # not have children; RuntimeError: a converter is not installed.
@@ -124,6 +127,7 @@ def train_on_catalogue(
     progress: Progress | None = None,
     config: TrainConfig | None = None,
     roundtrips: RoundTripPlan | None = None,
+    round_trip_progress: Callable[[int, int], None] | None = None,
 ) -> TrainResult:
     """Train (or fine-tune from_model) on records; write the checkpoint to out_dir.
 
@@ -138,7 +142,9 @@ def train_on_catalogue(
     cache: RoundTripCache | None = None
     trip_counts: dict[str, Any] = {}
     if roundtrips is not None:
-        cache, trip_counts = catalogue_round_trips(roundtrips, train_set, heldout)
+        cache, trip_counts = catalogue_round_trips(
+            roundtrips, train_set, heldout, round_trip_progress
+        )
     views: RoundTrips | None = cache.views if cache is not None else None
     cfg = run_config(
         config or TrainConfig(**VIEW_RECIPE),
