@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.training.data import content_key
-from orchestrator.training.roundtrip import RoundTripCache, convert_music_text
+from orchestrator.training.roundtrip import RoundTripCache, convert_music_text, filled_cache
 from orchestrator.training.views import pick_two, tune_views
 from tests.test_training import record
 
@@ -48,6 +48,17 @@ def test_cache_converts_once_and_persists(tmp_path: Path) -> None:
     assert again.get(content_key(REEL), "midi") == cache.get(content_key(REEL), "midi")
     assert again.get(content_key("junk"), "musicxml") is None
     assert again.entries[(content_key("junk"), "midi")].error
+
+
+def test_a_run_from_a_filled_cache_still_says_which_round_trips_it_lacks(
+    tmp_path: Path,
+) -> None:
+    tunes = [(content_key(REEL), REEL), (content_key("junk"), "M:4/4\nK:D\n|]|]\n")]
+    _, first = filled_cache(tmp_path, tunes, workers=1)
+    assert (first["failed"], first["unavailable"]) == (2, 2)
+    # The second run converts nothing, yet the junk tune still trains without its views.
+    _, second = filled_cache(tmp_path, tunes, workers=1)
+    assert (second["failed"], second["cached"], second["unavailable"]) == (0, 4, 2)
 
 
 def test_a_slow_conversion_gets_a_second_longer_try_before_its_failure_is_cached(

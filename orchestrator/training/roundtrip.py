@@ -287,7 +287,10 @@ def filled_cache(
 ) -> tuple[RoundTripCache, dict[str, int]]:
     """The cache in cache_dir with every (key, music text) of tunes converted; the counts.
 
-    Progress is logged every 500 conversions, and given to `progress` after each one."""
+    The counts add `unavailable`: the tunes' round trips that have no text, whether they
+    failed now or in an earlier run that filled the cache (a manifest must not say 0 failed
+    for a run whose views all came from the cache). Progress is logged every 500
+    conversions, and given to `progress` after each one."""
     cache = RoundTripCache(cache_dir)
 
     def report(done: int, total: int) -> None:
@@ -296,4 +299,6 @@ def filled_cache(
         if progress is not None:
             progress(done, total)
 
-    return cache, cache.fill(tunes, workers=workers, progress=report)
+    counts = cache.fill(tunes, workers=workers, progress=report)
+    wanted = {(key, target) for key, _ in tunes for target in FORMATS}
+    return cache, {**counts, "unavailable": sum(not cache.get(*pair) for pair in wanted)}
