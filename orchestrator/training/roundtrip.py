@@ -300,5 +300,5 @@ def filled_cache(
             progress(done, total)
 
     counts = cache.fill(tunes, workers=workers, progress=report)
-    wanted = {(key, target) for key, _ in tunes for target in FORMATS}
-    return cache, {**counts, "unavailable": sum(not cache.get(*pair) for pair in wanted)}
+    lacking = sum(len(FORMATS) - len(cache.views(key)) for key in dict(tunes))
+    return cache, {**counts, "unavailable": lacking}
