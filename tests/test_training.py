@@ -269,20 +269,38 @@ def test_package_text_weights_are_checked(tmp_path: Path) -> None:
             load_clamp(out)
 
 
-def test_training_is_reproducible_from_its_seed() -> None:
-    """Same config and data, same weights bit for bit: the shipped model can be rebuilt."""
-    from orchestrator.training import TrainConfig, train
-
+def dance_records(n: int = 48) -> list[TuneRecord]:
     bodies = ["GAG GAB|ABA ABd|", "dAFA dAFA|BAFA D2FA|", "A2 B2 c2|d4 e2|", "GABc dBAG|"]
-    records = [
+    return [
         record(
             key_hash=content_key(f"tune {i}"),
             title=f"Tune {i}",
             rhythm=["jig", "reel", "waltz", "hornpipe"][i % 4],
             music_text=f"M:6/8\nK:G\n{bodies[i % 4]}{bodies[(i // 4) % 4]}\n",
         )
-        for i in range(48)
+        for i in range(n)
     ]
+
+
+def test_a_step_count_cut_short_by_the_time_budget_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from orchestrator.training import TrainConfig, train
+
+    cfg = TrainConfig(**TINY, batch_size=8, max_steps=500, minutes=1e-9, eval_every=0)
+    with caplog.at_level("WARNING"):
+        _, _, history = train(cfg, dance_records())
+    assert history["stopped_by_time_budget"] is True and history["steps"] < 500
+    assert f"after {history['steps']} of 500 steps" in caplog.text
+    _, _, history = train(cfg.model_copy(update={"max_steps": 2, "minutes": None}), dance_records())
+    assert history["stopped_by_time_budget"] is False and history["steps"] == 2
+
+
+def test_training_is_reproducible_from_its_seed() -> None:
+    """Same config and data, same weights bit for bit: the shipped model can be rebuilt."""
+    from orchestrator.training import TrainConfig, train
+
+    records = dance_records()
     cfg = TrainConfig(
         **{**TINY, "dropout": 0.1},
         batch_size=8,

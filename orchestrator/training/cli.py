@@ -46,7 +46,13 @@ log = logging.getLogger(__name__)
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--minutes", type=float, default=None, help="time budget for training")
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="time budget for training (default 50); with --steps the run ends at whichever "
+        "comes first, and the manifest says which",
+    )
     parser.add_argument("--steps", type=int, default=None, help="fixed schedule length")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None)
@@ -185,7 +191,17 @@ def main(argv: list[str] | None = None) -> None:
         "per_collection": stats["per_collection"],
         "corpus_sha256": data_snapshot(records)["sha256"],
         "roundtrips": trip_counts,
-        **{k: history[k] for k in ("steps", "epochs", "seconds", "temperature", "music_views")},
+        **{
+            k: history[k]
+            for k in (
+                "steps",
+                "stopped_by_time_budget",
+                "epochs",
+                "seconds",
+                "temperature",
+                "music_views",
+            )
+        },
         "train_tunes": history["train_tunes"],
         "heldout_tunes": history["heldout_tunes"],
         "loss_curve": history["loss"][-20:],
