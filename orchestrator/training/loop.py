@@ -299,7 +299,8 @@ def train(
                 history["evals"].append({"step": step, **metrics["text_to_music"]})
                 log.info("step %d held-out %s", step, metrics["text_to_music"])
         epoch += 1
-    if cfg.max_steps and step < cfg.max_steps:
+    cut_short = cfg.max_steps is not None and step < cfg.max_steps
+    if cut_short:
         # The schedule was laid out for max_steps: the run ended before its learning rate decayed.
         log.warning(
             "stopped at the %.0f min time budget after %d of %d steps; give the run more "
@@ -309,7 +310,7 @@ def train(
             cfg.max_steps,
         )
     history.update(
-        stopped_by_time_budget=bool(cfg.max_steps) and step < (cfg.max_steps or 0),
+        stopped_by_time_budget=cut_short,
         steps=step,
         epochs=epoch,
         seconds=round(time.monotonic() - started, 1),
