@@ -34,6 +34,9 @@ from tests.faults import (
 pytestmark = pytest.mark.slow
 
 LEASE_S = 10
+# The distributed faults strike once 64-128 pieces are in: 400 tunes keep them mid-job, at
+# ~40% of the whole of WikiMT's time (the suite's budget). SIGINT resumes run over all of it.
+FAULT_TUNES = 400
 
 
 @pytest.fixture()
@@ -61,6 +64,11 @@ def services_restored() -> Iterator[None]:
         ensure_postgres()
 
 
+@pytest.fixture(scope="module")
+def fault_corpus(wikimt_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return small_corpus(wikimt_dir, tmp_path_factory.mktemp("faults") / "c", FAULT_TUNES)
+
+
 def settle(env: dict[str, str], job_id: int, timeout_s: float) -> float:
     url = env["CLAMP_INDEX_DATABASE_URL"]
     return wait_until(lambda: counts(url, job_id).finished, timeout_s, f"job {job_id} to finish")
@@ -68,12 +76,12 @@ def settle(env: dict[str, str], job_id: int, timeout_s: float) -> float:
 
 @pytest.mark.services
 def test_sigkill_of_the_encode_worker_mid_batch(
-    distributed_env: dict[str, str], wikimt_dir: Path, tmp_path: Path
+    distributed_env: dict[str, str], fault_corpus: Path, tmp_path: Path
 ) -> None:
-    n = len(wikimt_entries())
+    n = FAULT_TUNES
     url = distributed_env["CLAMP_INDEX_DATABASE_URL"]
     with workers(distributed_env, tmp_path) as [first]:
-        job_id = start_ingest(distributed_env, wikimt_dir)
+        job_id = start_ingest(distributed_env, fault_corpus)
         wait_until(lambda: counts(url, job_id).indexed >= 128, 300, "128 pieces indexed")
         first.kill()
         killed_at = time.monotonic()
@@ -101,7 +109,7 @@ def survives_mid_job(
     name: str, env: dict[str, str], corpus: Path, tmp_path: Path, disrupt: Callable[[], None]
 ) -> None:
     """Disrupt a service once 64 pieces are in; the job must still end with nothing lost."""
-    n = len(wikimt_entries())
+    n = FAULT_TUNES
     url = env["CLAMP_INDEX_DATABASE_URL"]
     with workers(env, tmp_path) as [worker]:
         job_id = start_ingest(env, corpus)
@@ -124,15 +132,15 @@ def survives_mid_job(
 
 @pytest.mark.services
 def test_redis_restarted_mid_job(
-    distributed_env: dict[str, str], wikimt_dir: Path, tmp_path: Path, services_restored: None
+    distributed_env: dict[str, str], fault_corpus: Path, tmp_path: Path, services_restored: None
 ) -> None:
     # Redis keeps nothing on disk here: every queued wake-up is gone.
-    survives_mid_job("redis_restarted", distributed_env, wikimt_dir, tmp_path, restart_redis)
+    survives_mid_job("redis_restarted", distributed_env, fault_corpus, tmp_path, restart_redis)
 
 
 @pytest.mark.services
 def test_postgres_unreachable_for_20_seconds(
-    distributed_env: dict[str, str], wikimt_dir: Path, tmp_path: Path, services_restored: None
+    distributed_env: dict[str, str], fault_corpus: Path, tmp_path: Path, services_restored: None
 ) -> None:
     def outage() -> None:
         stop_postgres()
@@ -140,16 +148,16 @@ def test_postgres_unreachable_for_20_seconds(
         ensure_postgres()
 
     env = {**distributed_env, "CLAMP_INDEX_LEASE_S": "60"}  # longer than the outage
-    survives_mid_job("postgres_down_20s", env, wikimt_dir, tmp_path, outage)
+    survives_mid_job("postgres_down_20s", env, fault_corpus, tmp_path, outage)
 
 
 @pytest.mark.services
 def test_same_folder_twice_at_once_and_a_second_worker(
-    distributed_env: dict[str, str], wikimt_dir: Path, tmp_path: Path
+    distributed_env: dict[str, str], fault_corpus: Path, tmp_path: Path
 ) -> None:
-    n = len(wikimt_entries())
+    n = FAULT_TUNES
     url = distributed_env["CLAMP_INDEX_DATABASE_URL"]
-    ingest = [str(CLI), "ingest", str(wikimt_dir), "--json"]
+    ingest = [str(CLI), "ingest", str(fault_corpus), "--json"]
     with workers(distributed_env, tmp_path, "parse,encode") as [_first]:
         both = [
             subprocess.Popen(

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import run_cli, settings_from_env
 from tests.faults import Worker
-from tests.support.folk import GATED_STEPS, GATED_TUNES, copy_ryans_tunes
+from tests.support.folk import GATED_TUNES, OPEN_GATE_STEPS, copy_ryans_tunes, open_gate_env
 from tests.support.random_checkpoint import write_random_checkpoint
 from workers.database import session_factory
 from workers.runtime import close_contexts, get_context
@@ -33,6 +33,8 @@ def test_worker_reindexes_and_trains_then_swaps(
         "CLAMP_INDEX_DATABASE_URL": postgres_url,
         "CLAMP_INDEX_BROKER_URL": redis_url,
         "CLAMP_INDEX_RECONCILE_INTERVAL_S": "2",
+        # test_retrain proves a trained candidate earns the gate; this one, the queue's path.
+        **open_gate_env(),
     }
     # A GPU node's worker: it takes encode work and training runs.
     worker = Worker(env, tmp_path / "worker.log", queues="parse,encode,train")
@@ -48,7 +50,7 @@ def test_worker_reindexes_and_trains_then_swaps(
         rebuilt = ok("reindex")
         assert rebuilt["status"] == "done", rebuilt
         assert rebuilt["check"]["points"] == rebuilt["check"]["live_pieces"] == TUNES
-        trained = ok("train", "--steps", str(GATED_STEPS))
+        trained = ok("train", "--steps", str(OPEN_GATE_STEPS))
         assert trained["accepted"] is True, trained
         assert trained["reindex_job_id"] is not None
         follow = ok("status", "--job", str(trained["reindex_job_id"]))

@@ -19,7 +19,13 @@ from orchestrator.schedules import make_spec
 from orchestrator.search import SearchService
 from schemas.db import ModelStatus, RunStatus, ScheduleAction
 from tests.conftest import run_cli, settings_from_env
-from tests.support.folk import GATED_STEPS, GATED_TUNES, copy_ryans_tunes
+from tests.support.folk import (
+    GATED_STEPS,
+    GATED_TUNES,
+    OPEN_GATE,
+    OPEN_GATE_STEPS,
+    copy_ryans_tunes,
+)
 from tests.support.random_checkpoint import write_random_checkpoint
 from workers.job_state import JobCounts
 from workers.runtime import close_contexts, get_context
@@ -177,7 +183,7 @@ def test_train_command_accepts_a_better_model_and_swaps_to_it(
 def test_one_scheduled_cycle_rescan_train_gate_reindex_swap_rollback(
     folk: Path, embedded_env: dict[str, str], tmp_path: Path
 ) -> None:
-    settings = settings_from_env(embedded_env, train_steps=GATED_STEPS)
+    settings = settings_from_env(embedded_env, train_steps=OPEN_GATE_STEPS, **OPEN_GATE)
     settings.data_dir.mkdir(parents=True)
     new_tune = copy_ryans_tunes(tmp_path / "later", 1, skip=TUNES)[0]
     clock = FakeClock(datetime.now(UTC))
