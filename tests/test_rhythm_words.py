@@ -13,7 +13,13 @@ import pytest
 from orchestrator.search import QueryInputError, label_prompts, label_vectors
 from orchestrator.training.cli import parse_config
 from orchestrator.training.data import sample_text
-from orchestrator.training.rhythm_words import DOTTED, EVEN, LONG_CADENCES, rhythm_words
+from orchestrator.training.rhythm_words import (
+    DOTTED,
+    EVEN,
+    LONG_CADENCES,
+    rhythm_word_offer,
+    rhythm_words,
+)
 from tests.test_training import record as training_record
 from workers.abc import bar_patches
 from workers.abc.profiles import CANONICAL_DUPLE_PROFILE, input_profile, rhythm_summary_line
@@ -93,11 +99,34 @@ def test_texts_carry_rhythm_words_only_when_asked() -> None:
     assert 15 <= with_words <= 45  # one field among several, dropped out like the others
 
 
+def test_a_share_of_draws_is_offered_the_rhythm_words() -> None:
+    record = training_record(music_text=REEL, rhythm="reel")
+    words = rhythm_words(REEL)
+
+    def draws(p: float, seed: int = 0) -> list[str]:
+        offer, rng = rhythm_word_offer(p, seed), random.Random(seed)
+        return [sample_text(record, rng, offer(words)) for _ in range(400)]
+
+    def worded(texts: list[str]) -> int:
+        return sum(any(word in text for word in EVEN) for text in texts)
+
+    # p = 1 draws exactly what runs from before p existed drew.
+    rng = random.Random(0)
+    assert draws(1.0) == [sample_text(record, rng, words) for _ in range(400)]
+    assert worded(draws(0.0)) == 0
+    everyone, share = worded(draws(1.0)), worded(draws(0.3))
+    assert 0.15 * everyone <= share <= 0.45 * everyone
+    assert draws(0.3, seed=1) == draws(0.3, seed=1) != draws(0.3, seed=2)
+
+
 def test_the_training_command_turns_rhythm_words_and_the_profile_on() -> None:
     _, cfg = parse_config(
         ["--out", "m", "--rhythm-words", "--input-profile", CANONICAL_DUPLE_PROFILE]
     )
     assert cfg.text_rhythm_words and cfg.input_profile == CANONICAL_DUPLE_PROFILE
+    assert cfg.text_rhythm_words_p == 1.0
+    _, share = parse_config(["--out", "m", "--rhythm-words", "--rhythm-words-p", "0.3"])
+    assert share.text_rhythm_words_p == 0.3
     _, default = parse_config(["--out", "m"])
     assert not default.text_rhythm_words
 

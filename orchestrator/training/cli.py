@@ -114,6 +114,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="add words for each tune's rhythm to its training texts ('dotted rhythms', "
         "'phrases ending on three long notes', 'even running notes')",
     )
+    parser.add_argument(
+        "--rhythm-words-p",
+        type=float,
+        default=None,
+        metavar="P",
+        help="with --rhythm-words: the share of text draws offered those words (default 1)",
+    )
     return parser.parse_args(argv)
 
 
@@ -141,6 +148,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         ("eval_every", args.eval_every),
         ("input_profile", args.input_profile),
         ("text_rhythm_words", args.rhythm_words),
+        ("text_rhythm_words_p", args.rhythm_words_p),
     ):
         if value is not None:
             values[key] = value

@@ -42,6 +42,9 @@ class TrainConfig(BaseModel):
     # Add words for the tune's rhythm (orchestrator.training.rhythm_words: "dotted rhythms",
     # ...) to its texts: they name what tells dances apart, the same way in every book.
     text_rhythm_words: bool = False
+    # The share of text draws offered those words (each draw then drops fields as usual): a
+    # smaller share weakens their pull on the text pairs against the music-music pairs.
+    text_rhythm_words_p: float = Field(1.0, ge=0.0, le=1.0)
     # Music views per training tune besides its own text: `music_views` augmented copies
     # (orchestrator.training.augment, each op with probability augment_p), plus the cached
     # MusicXML and MIDI round trips when the run has a round-trip cache. Each step pairs the

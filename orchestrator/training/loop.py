@@ -23,7 +23,7 @@ from orchestrator.training.model import (
     fresh_start,
     in_memory_clamp,
 )
-from orchestrator.training.rhythm_words import rhythm_words
+from orchestrator.training.rhythm_words import rhythm_word_offer, rhythm_words
 from orchestrator.training.views import RoundTrips, pick_two, view_patches
 from workers.abc import MASK_ID, PAD_ID, PATCH_LENGTH
 from workers.clamp import ClampEncoder, ClampModel
@@ -185,8 +185,9 @@ def train(
     eval_set = evenly_spaced(heldout, cfg.eval_limit)
     text_rng = random.Random(cfg.seed)
     rhythm = [rhythm_words(r.music_text) if cfg.text_rhythm_words else [] for r in train_set]
+    offer = rhythm_word_offer(cfg.text_rhythm_words_p, cfg.seed + 4)
     variants = [
-        [sample_text(r, text_rng, words) for _ in range(cfg.text_variants)]
+        [sample_text(r, text_rng, offer(words)) for _ in range(cfg.text_variants)]
         for r, words in zip(train_set, rhythm, strict=True)
     ]
 
@@ -232,7 +233,7 @@ def train(
             if cfg.text_variants:
                 texts = [text_rng.choice(variants[i]) for i in batch]
             else:
-                texts = [sample_text(train_set[i], text_rng, rhythm[i]) for i in batch]
+                texts = [sample_text(train_set[i], text_rng, offer(rhythm[i])) for i in batch]
             picks = [pick_two(len(views[i]), view_rng) if multi_view else (0, 0) for i in batch]
             ids, mask = collate_patches(
                 [views[i][a] for i, (a, _) in zip(batch, picks, strict=True)],

@@ -8,9 +8,12 @@ rhythms" goes with dotted tunes whatever their meter line says.
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable, Sequence
+
 from workers.abc.rhythm import FEATURE_NAMES, rhythm_features
 
-__all__ = ["DOTTED", "EVEN", "LONG_CADENCES", "rhythm_words"]
+__all__ = ["DOTTED", "EVEN", "LONG_CADENCES", "rhythm_word_offer", "rhythm_words"]
 
 # Surface forms of each rhythm trait; a text draws one of them (data.sample_text).
 DOTTED = ("dotted rhythms", "with dotted rhythms", "a dotted, lilting rhythm")
@@ -41,3 +44,18 @@ def rhythm_words(music_text: str) -> list[str]:
     ):
         words += EVEN
     return words
+
+
+def rhythm_word_offer(p: float, seed: int) -> Callable[[Sequence[str]], Sequence[str]]:
+    """Hands each text draw its tune's rhythm words with probability p, else none.
+
+    At p >= 1 no random number is drawn: runs from before p existed draw the same texts.
+    """
+    rng = random.Random(seed)
+
+    def offer(words: Sequence[str]) -> Sequence[str]:
+        if p >= 1.0 or not words:
+            return words
+        return words if rng.random() < p else ()
+
+    return offer
