@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 import shlex
-import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -121,7 +120,7 @@ def _run_ingest(
                     counts = server.wait_for(job_id, _JobBars(progress).update)
                 _report(counts, as_json)
                 return
-    with _progress(show) as progress, _sigterm_interrupts():
+    with _progress(show) as progress, _stop_signals():
         counts = jobs.ingest(
             settings,
             paths,
@@ -190,18 +189,12 @@ class _JobBars:
 
 
 @contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM stops an embedded run the way Ctrl-C does: batch handed back, job resumable."""
-    from workers.runner import Interrupted
+def _stop_signals() -> Iterator[None]:
+    """Ctrl-C and SIGTERM stop an embedded run: batch handed back, job resumable."""
+    from workers.runner import stop_signals
 
-    def interrupt(_signum: int, _frame: object) -> None:
-        raise Interrupted()
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
+    with stop_signals():
         yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _report(counts: JobCounts, as_json: bool) -> None:

@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
 
         settings = base._settings(data_dir)
         show = not as_json and base.err.is_terminal
-        with base._progress(show) as progress, base._sigterm_interrupts():
+        with base._progress(show) as progress, base._stop_signals():
             result = run_reindex(
                 settings, model, on_progress=base._JobBars(progress).update, wait=wait
             )
@@ -114,7 +114,7 @@ def register(app: typer.Typer) -> None:
 
         settings = base._settings(data_dir)
         show = not as_json and base.err.is_terminal
-        with base._progress(show) as progress, base._sigterm_interrupts():
+        with base._progress(show) as progress, base._stop_signals():
             result = retrain(
                 settings,
                 from_model=from_model,

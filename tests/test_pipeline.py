@@ -311,3 +311,43 @@ def test_classify_uses_the_configured_templates(
     bad = CliRunner(env={**embedded_env, "CLAMP_INDEX_CLASSIFY_TEMPLATES": '["no placeholder"]'})
     refused = bad.invoke(app, ["classify", str(tune), "--labels", "jig,reel"])
     assert refused.exit_code != 0 and "{label}" in refused.output
+
+
+def test_a_ctrl_c_lost_in_a_finaliser_still_stops_the_run(
+    embedded_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import signal
+    import sys
+
+    from orchestrator.jobs import JobInterruptedError, ingest, job_counts
+    from workers.runner import stop_signals
+
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    for i in range(5):
+        (corpus / f"t{i}.abc").write_text(JIG.replace("The Kesh", f"Tune {i}"), encoding="utf-8")
+    settings = settings_from_env(embedded_env, parse_claim_files=1)
+
+    class SignalsWhenCollected:
+        def __del__(self) -> None:
+            signal.raise_signal(signal.SIGINT)
+            sum(range(1000))  # the handler runs here, inside the finaliser
+
+    lost: list[object] = []
+    monkeypatch.setattr(sys, "unraisablehook", lost.append)
+
+    def on_first_claim(_counts: object) -> None:
+        if not lost:
+            SignalsWhenCollected()
+
+    close_contexts()
+    try:
+        with stop_signals(), pytest.raises(JobInterruptedError) as stopped:
+            ingest(settings, [corpus], on_progress=on_first_claim)
+        counts = job_counts(get_context(settings).sessions, stopped.value.job_id)
+    finally:
+        close_contexts()
+    # Python dropped the KeyboardInterrupt; the run stopped at its next claim all the same.
+    assert [type(u.exc_value) for u in lost] == [KeyboardInterrupt]  # type: ignore[attr-defined]
+    assert counts is not None and counts.status == "interrupted"
+    assert counts.files < 5 or counts.indexed < 5

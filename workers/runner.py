@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -51,6 +52,42 @@ WorkHandler = Callable[[WorkerContext, int], None]
 
 class Interrupted(BaseException):
     """SIGTERM asked this process to stop; raised where it was, like KeyboardInterrupt."""
+
+
+# Set by stop_signals' handler before it raises. Python drops an exception raised inside a
+# finaliser ("Exception ignored in ..."): a Ctrl-C landing in one was lost and the run went
+# on to its end. While this is set, every Runner raises Interrupted at its next claim.
+_stop_signalled = threading.Event()
+
+
+@contextmanager
+def stop_signals() -> Iterator[None]:
+    """Ctrl-C and SIGTERM stop this process's runs, even when the first raise is lost.
+
+    Each is raised where the process was (KeyboardInterrupt, Interrupted) and remembered
+    until the block ends. A SIGINT the process was started to ignore stays ignored.
+    """
+
+    def interrupt(signum: int, _frame: object) -> None:
+        _stop_signalled.set()
+        raise KeyboardInterrupt() if signum == signal.SIGINT else Interrupted()
+
+    watched = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        watched.append(signal.SIGINT)
+    previous = {signum: signal.signal(signum, interrupt) for signum in watched}
+    _stop_signalled.clear()
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        _stop_signalled.clear()
+
+
+def _raise_if_stop_signalled() -> None:
+    if _stop_signalled.is_set():
+        raise Interrupted()
 
 
 def holder_name(role: str) -> str:
@@ -117,10 +154,12 @@ class Runner:
     def drain(self, queue: str, max_claims: int | None = None) -> DrainResult:
         """Claim and finish batches of a queue until none is left (or stop / max_claims)."""
         result = DrainResult()
+        _raise_if_stop_signalled()
         if not self.retrying(lambda: self._has_pending(queue)):
             return result  # without sizing the claim, which may need torch
         size = self.claim_size(queue)
         while not self.stop.is_set() and (max_claims is None or result.claims < max_claims):
+            _raise_if_stop_signalled()
             if queue == "encode":
                 self._await_full_claim(size)
             claim = self.retrying(lambda: self._claim(queue, size))
