@@ -340,6 +340,9 @@ def test_a_ctrl_c_lost_in_a_finaliser_still_stops_the_run(
         if not lost:
             SignalsWhenCollected()
 
+    # As in a terminal: a suite started in the background (`cmd &`) inherits SIGINT ignored,
+    # and stop_signals leaves an ignored SIGINT alone.
+    terminal = signal.signal(signal.SIGINT, signal.default_int_handler)
     close_contexts()
     try:
         with stop_signals(), pytest.raises(JobInterruptedError) as stopped:
@@ -347,6 +350,7 @@ def test_a_ctrl_c_lost_in_a_finaliser_still_stops_the_run(
         counts = job_counts(get_context(settings).sessions, stopped.value.job_id)
     finally:
         close_contexts()
+        signal.signal(signal.SIGINT, terminal)
     # Python dropped the KeyboardInterrupt; the run stopped at its next claim all the same.
     assert [type(u.exc_value) for u in lost] == [KeyboardInterrupt]  # type: ignore[attr-defined]
     assert counts is not None and counts.status == "interrupted"
