@@ -51,7 +51,7 @@ WorkHandler = Callable[[WorkerContext, int], None]
 
 
 class Interrupted(BaseException):
-    """SIGTERM asked this process to stop; raised where it was, like KeyboardInterrupt."""
+    """SIGTERM (or a stop signal whose first raise was lost) asked this process to stop."""
 
 
 # Set by stop_signals' handler before it raises. Python drops an exception raised inside a
