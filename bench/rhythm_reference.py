@@ -9,7 +9,9 @@ held-out one, with balanced accuracy and confusion matrix as `bench.eval` report
 
 - `rhythm_features`: spelling-free rhythm statistics of the plain text
   (`workers.abc.rhythm`): the same bar gives the same numbers however
-  the book spells its meter and note lengths;
+  the book spells its meter and note lengths; `--features sounding` reads them from
+  sounding note lengths without bar lines instead (`workers.abc.sounding_rhythm`), and
+  `--digits` rounds them to the summary line's digits, what a profiled model is shown;
 - `model_vectors` (with `--model`, for books the model held out): the model's music
   vectors of `bench.eval`'s unseen view, a linear probe where zero-shot uses text prompts;
 - `zero_shot`: the model's prompt ensemble on the same vectors, as `bench.eval` scores it;
@@ -34,6 +36,13 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from orchestrator.training.data import TuneRecord  # noqa: E402
+from workers.abc.rhythm import rhythm_features  # noqa: E402
+from workers.abc.sounding_rhythm import sounding_rhythm_features  # noqa: E402
+
+FEATURE_SETS: dict[str, Callable[[str], np.ndarray]] = {
+    "written": rhythm_features,
+    "sounding": sounding_rhythm_features,
+}
 
 FOLDS = 5
 L2 = 1e-3  # a light ridge: a few dozen standardised inputs against hundreds of tunes a class
@@ -167,13 +176,22 @@ def main() -> None:
         "two that have both reels and hornpipes)",
     )
     parser.add_argument("--threads", type=int, help="torch intra-op threads")
+    parser.add_argument(
+        "--features",
+        choices=sorted(FEATURE_SETS),
+        default="written",
+        help="written: per bar, as the notes are written (profile rhythm-summary-v1); "
+        "sounding: sounding lengths, no bar lines (rhythm-summary-v2)",
+    )
+    parser.add_argument(
+        "--digits", action="store_true", help="round the features to the summary line's digits"
+    )
     args = parser.parse_args()
 
     import torch
 
     from bench.eval import trained_on
     from orchestrator.training.data import load_corpus
-    from workers.abc.rhythm import rhythm_features
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -187,8 +205,11 @@ def main() -> None:
         encoder = ClampEncoder(load_clamp(args.model), text_cache_size=4096)
         model_heldout = trained_on(args.model)[1]
 
+    read = FEATURE_SETS[args.features]
+
     def features(records: Sequence[TuneRecord]) -> np.ndarray:
-        return np.stack([rhythm_features(r.music_text) for r in records])
+        values = np.stack([read(r.music_text) for r in records])
+        return np.rint(np.clip(values, 0, 1) * 9) / 9 if args.digits else values
 
     reports: dict[str, Any] = {}
     for book in (name for name in args.heldout.split(",") if name):
@@ -199,6 +220,7 @@ def main() -> None:
         reports[book] = book_report(book, books, features, model)
         reports[book]["headline"] = headline(reports[book])
     result = {
+        "features": args.features + (" digits" if args.digits else ""),
         "model": str(args.model) if args.model else None,
         "model_heldout": model_heldout,
         "books": reports,

@@ -30,6 +30,7 @@ from workers.abc.profiles import (
     INPUT_PROFILES,
     REFERENCE_PROFILE,
     RHYTHM_SUMMARY_PROFILE,
+    SOUNDING_SUMMARY_PROFILE,
 )
 from workers.clamp import ClampEncoder
 from workers.clamp.loading import load_tokenizer
@@ -105,7 +106,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="how music text is rewritten before patching, in training and by every user of "
         f"the model (default {REFERENCE_PROFILE}: the reference text; "
         f"{RHYTHM_SUMMARY_PROFILE}: a line of spelling-free rhythm statistics added; "
-        f"{CANONICAL_DUPLE_PROFILE}: that, and every duple meter written one way)",
+        f"{CANONICAL_DUPLE_PROFILE}: that, and every duple meter written one way; "
+        f"{SOUNDING_SUMMARY_PROFILE}: the statistics of sounding note lengths, read without "
+        "bar lines, which survive MusicXML and MIDI round trips)",
     )
     parser.add_argument(
         "--rhythm-words",

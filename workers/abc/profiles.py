@@ -13,6 +13,7 @@ from collections.abc import Callable
 import numpy as np
 
 from workers.abc.rhythm import rhythm_features
+from workers.abc.sounding_rhythm import sounding_rhythm_features
 from workers.abc.spelling import canonical_duple_spelling
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "INPUT_PROFILES",
     "REFERENCE_PROFILE",
     "RHYTHM_SUMMARY_PROFILE",
+    "SOUNDING_SUMMARY_PROFILE",
     "input_profile",
     "rhythm_summary_line",
     "with_rhythm_summary",
@@ -28,27 +30,39 @@ __all__ = [
 REFERENCE_PROFILE = "clamp"
 RHYTHM_SUMMARY_PROFILE = "rhythm-summary-v1"
 CANONICAL_DUPLE_PROFILE = "rhythm-summary-duple-v1"
+SOUNDING_SUMMARY_PROFILE = "rhythm-summary-v2"
 _SUMMARY_FIELD = "I:rhythm "
 
 
-def rhythm_summary_line(music_text: str) -> str:
+def rhythm_summary_line(
+    music_text: str, features: Callable[[str], np.ndarray] = rhythm_features
+) -> str:
     """One field line of digits, each rhythm feature (0..1) in tenths of nine.
 
     A patch is read character by character at fixed positions, so each digit's place names
     its feature and a model learns what each value means with no parser of its own.
     """
-    digits = np.rint(np.clip(rhythm_features(music_text), 0, 1) * 9).astype(int)
+    digits = np.rint(np.clip(features(music_text), 0, 1) * 9).astype(int)
     return _SUMMARY_FIELD + "".join(map(str, digits))
 
 
-def with_rhythm_summary(music_text: str) -> str:
+def with_rhythm_summary(
+    music_text: str, features: Callable[[str], np.ndarray] = rhythm_features
+) -> str:
     """The text with its rhythm summary line just before the K: line (a patch of its own,
     always among the first patches however long the tune); unchanged without a K: line."""
     lines = music_text.split("\n")
     for i, line in enumerate(lines):
         if line.startswith("K:"):
-            return "\n".join([*lines[:i], rhythm_summary_line(music_text), *lines[i:]])
+            summary = rhythm_summary_line(music_text, features)
+            return "\n".join([*lines[:i], summary, *lines[i:]])
     return music_text
+
+
+def with_sounding_summary(music_text: str) -> str:
+    """The text with the summary line of what its notes sound, not how they are written
+    (workers.abc.sounding_rhythm): a converter round trip keeps those digits."""
+    return with_rhythm_summary(music_text, sounding_rhythm_features)
 
 
 def with_canonical_duple_rhythm(music_text: str) -> str:
@@ -68,6 +82,9 @@ INPUT_PROFILES: dict[str, Callable[[str], str]] = {
     RHYTHM_SUMMARY_PROFILE: with_rhythm_summary,
     # Also hides the one spelling that told a model a book's reels from its hornpipes.
     CANONICAL_DUPLE_PROFILE: with_canonical_duple_rhythm,
+    # The same cues read from sounding note lengths without bar lines: round trips through
+    # MusicXML and MIDI keep them (v1's digits changed in half of MusicXML round trips).
+    SOUNDING_SUMMARY_PROFILE: with_sounding_summary,
 }
 
 
