@@ -143,10 +143,23 @@ def test_a_fine_tune_goes_on_naming_the_rhythm_when_its_parent_did(tmp_path: Pat
     plain = TrainConfig(**TINY)
     other = save_model(build_model(plain).eval(), tmp_path / "plain", cfg=plain)
     assert not like_start(TrainConfig(**TINY), start_from_checkpoint(other)).text_rhythm_words
+    # ... and offers them to the same share of its draws.
+    some = TrainConfig(**TINY, text_rhythm_words=True, text_rhythm_words_p=0.3)
+    sparse = save_model(build_model(some).eval(), tmp_path / "sparse", cfg=some)
+    assert like_start(TrainConfig(**TINY), start_from_checkpoint(sparse)).text_rhythm_words_p == 0.3
+    assert like_start(TrainConfig(**TINY), start_from_checkpoint(parent)).text_rhythm_words_p == 1
+    # A run that names the words itself keeps its own share.
+    own = TrainConfig(**TINY, text_rhythm_words=True, text_rhythm_words_p=0.5)
+    assert like_start(own, start_from_checkpoint(sparse)).text_rhythm_words_p == 0.5
     # A hand-edited recipe that is not a mapping reads as "no words", not as a crash.
     data = json.loads((parent / "manifest.json").read_text(encoding="utf-8"))
     (parent / "manifest.json").write_text(json.dumps({**data, "train_config": ["junk"]}))
     assert not start_from_checkpoint(parent).text_rhythm_words
+    # And a share that is not one reads as every draw.
+    data = json.loads((sparse / "manifest.json").read_text(encoding="utf-8"))
+    bad = {"text_rhythm_words": True, "text_rhythm_words_p": 7}
+    (sparse / "manifest.json").write_text(json.dumps({**data, "train_config": bad}))
+    assert start_from_checkpoint(sparse).text_rhythm_words_p == 1.0
 
 
 def test_labels_with_their_own_prompts_replace_the_templates_and_average_them() -> None:

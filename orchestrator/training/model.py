@@ -45,6 +45,8 @@ class StartingPoint:
     # Whether its training texts named the tune's rhythm: a fine-tune that stopped would
     # pull the music tower away from the words its text side learnt to match.
     text_rhythm_words: bool = False
+    # And the share of its text draws that were offered those words.
+    text_rhythm_words_p: float = 1.0
 
 
 def clamp_config(cfg: TrainConfig) -> ClampConfig:
@@ -97,7 +99,17 @@ def start_from_checkpoint(model_dir: Path) -> StartingPoint:
         },
         input_profile=loaded.manifest.input_profile,
         text_rhythm_words=isinstance(recipe, dict) and recipe.get("text_rhythm_words") is True,
+        text_rhythm_words_p=_share(recipe.get("text_rhythm_words_p", 1.0))
+        if isinstance(recipe, dict)
+        else 1.0,
     )
+
+
+def _share(value: object) -> float:
+    """A recipe's share in [0, 1]; 1 (every draw, the default) when hand-editing broke it."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1:
+        return float(value)
+    return 1.0
 
 
 def like_start(cfg: TrainConfig, start: StartingPoint) -> TrainConfig:
@@ -105,6 +117,7 @@ def like_start(cfg: TrainConfig, start: StartingPoint) -> TrainConfig:
     from, so the manifest states what was run and the new model reads music text and
     describes tunes as its parent did."""
     config = start.model.config
+    words_from_parent = start.text_rhythm_words and not cfg.text_rhythm_words
     return cfg.model_copy(
         update={
             "hidden_size": config.hidden_size,
@@ -115,6 +128,9 @@ def like_start(cfg: TrainConfig, start: StartingPoint) -> TrainConfig:
             "dropout": config.hidden_dropout_prob,
             "input_profile": start.input_profile,
             "text_rhythm_words": cfg.text_rhythm_words or start.text_rhythm_words,
+            "text_rhythm_words_p": start.text_rhythm_words_p
+            if words_from_parent
+            else cfg.text_rhythm_words_p,
         }
     )
 
