@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -186,8 +186,10 @@ class Settings(BaseSettings):
         "converted files' originals); a quarter as many held-out tunes for the gate's "
         "cross-format check. Converted once and cached. 0 = none.",
     )
-    train_convert_workers: int = Field(
-        2, ge=1, description="Processes converting those round trips (0.1-0.6 s a tune)."
+    train_convert_workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto",
+        description="Processes converting those round trips (0.1-0.6 s a tune); auto = one "
+        "per CPU the worker may use, at most 32 (each holds music21, ~250 MB).",
     )
     roundtrip_cache_dir: Path | None = Field(
         None,

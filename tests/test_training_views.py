@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import re
 from pathlib import Path
@@ -138,3 +139,46 @@ def test_meter_spelling_is_opt_in_and_gives_views_in_the_other_spelling() -> Non
     with_op = tune_views(tune, 4, 0, 0.5, None, (*BASE_OPS, "meter_spelling"))
     base = tune_views(tune, 4, 0, 0.5, None, BASE_OPS)
     assert any(view in base[1:] for view in with_op[1:])
+
+
+def test_auto_converter_processes_follow_the_cpus_this_process_may_use() -> None:
+    import subprocess
+    import sys
+
+    from orchestrator.training.roundtrip import MAX_AUTO_WORKERS, converter_processes
+
+    assert converter_processes(3) == 3
+    usable = len(os.sched_getaffinity(0))
+    assert converter_processes("auto") == min(usable, MAX_AUTO_WORKERS)
+    # A worker pinned to one CPU (taskset, a container or Slurm limit) converts with one.
+    pinned = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "from orchestrator.training.roundtrip import converter_processes; "
+            "print(converter_processes('auto'))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert pinned.stdout.strip() == "1"
+
+
+@pytest.mark.parametrize(("given", "expected"), [("auto", "auto"), ("3", 3)])
+def test_the_converter_process_setting_is_auto_or_a_count(given: str, expected: object) -> None:
+    from pydantic import ValidationError
+
+    from orchestrator.training.cli import parse_args
+    from schemas.settings import Settings
+
+    assert parse_args(["--out", "m", "--convert-workers", given]).convert_workers == expected
+    assert parse_args(["--out", "m"]).convert_workers == "auto"
+    assert Settings(train_convert_workers=given).train_convert_workers == expected
+    assert Settings().train_convert_workers == "auto"
+    for bad in ("0", "many"):
+        with pytest.raises(SystemExit):
+            parse_args(["--out", "m", "--convert-workers", bad])
+        with pytest.raises(ValidationError):
+            Settings(train_convert_workers=bad)

@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from orchestrator.training.augment import BASE_OPS, OPS
 from orchestrator.training.catalogue import data_snapshot
@@ -17,7 +17,11 @@ from orchestrator.training.eval import evaluate_heldout
 from orchestrator.training.export import save_model
 from orchestrator.training.loop import train
 from orchestrator.training.model import in_memory_clamp
-from orchestrator.training.roundtrip import default_cache_dir, filled_cache
+from orchestrator.training.roundtrip import (
+    converter_processes,
+    default_cache_dir,
+    filled_cache,
+)
 from orchestrator.training.sources import (
     HELDOUT_COLLECTIONS,
     SOURCES,
@@ -42,6 +46,19 @@ DESCRIPTION = (
     "ABC: only sources whose licence allows redistributing the weights, unless told otherwise."
 )
 log = logging.getLogger(__name__)
+
+
+def _processes(value: str) -> int | Literal["auto"]:
+    """`auto` or a whole number of processes, at least 1."""
+    if value == "auto":
+        return "auto"
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"expected auto or a whole number >= 1, not {value!r}")
+    return count
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -88,7 +105,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-roundtrips", action="store_true", help="no MusicXML/MIDI round-trip views"
     )
-    parser.add_argument("--convert-workers", type=int, default=2)
+    parser.add_argument(
+        "--convert-workers",
+        type=_processes,
+        default="auto",
+        help="converter processes for the round trips (default auto: one per usable CPU, "
+        "at most 32)",
+    )
     parser.add_argument(
         "--augment-op",
         action="append",
@@ -183,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
         cache, trip_counts = filled_cache(
             args.roundtrip_cache or default_cache_dir(),
             [(r.key_hash, r.music_text) for r in train_set],
-            args.convert_workers,
+            converter_processes(args.convert_workers),
         )
         roundtrips = cache.views
     model, _, history = train(cfg, records, roundtrips=roundtrips)

@@ -17,12 +17,13 @@ import hashlib
 import json
 import logging
 import multiprocessing
+import os
 import re
 import signal
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ TIMEOUT_S = 20.0  # per tune and format; typical tunes take 0.1-0.6 s
 # on a loaded machine a 15 s tune runs past 20 s, and a cached timeout would leave that
 # machine's training views (and its runs) different from another's for the same seed.
 RETRY_TIMEOUT_S = 120.0
+# Each converter process holds its own music21 (about 250 MB): `auto` stops here.
+MAX_AUTO_WORKERS = 32
 _REPEATS = re.compile(r":*\|+:*|::")
 _FIELD = re.compile(r"^[A-Za-z]:")
 
@@ -102,6 +105,18 @@ def convert_music_text(music_text: str, target: str) -> str:
         raise ValueError("the converted ABC has no tune the encoder can read")
     # xml2abc writes one tune; multi-part scores come back as voices of that tune.
     return pieces[0].music_text
+
+
+def converter_processes(setting: int | Literal["auto"]) -> int:
+    """How many converter processes to run: the number given, or for `auto` one per CPU
+    this process may use (its affinity, so a container's or Slurm's limit is kept)."""
+    if setting != "auto":
+        return setting
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS has no affinity call
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, MAX_AUTO_WORKERS))
 
 
 class _TimedOut(BaseException):
