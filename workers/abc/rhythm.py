@@ -28,10 +28,13 @@ from workers.abc.tokens import (
 )
 
 __all__ = [
+    "DANCE_SHARES",
     "DUPLE_METERS",
     "FEATURE_NAMES",
+    "LONG_SHARE",
     "default_unit",
     "meter_kind",
+    "note_length",
     "rhythm_features",
     "unit_text",
     "unit_value",
@@ -89,12 +92,12 @@ def unit_text(value: Fraction) -> str:
 # Meter kinds; any duple spelling (2/4, 2/2, C|, 4/4, C) is one kind on purpose.
 METER_KINDS: tuple[str, ...] = ("duple", "3/4", "6/8", "9/8", "12/8", "3/2", "other")
 # Note lengths as a share of the bar, the ones dance tunes are made of.
-_SHARES: tuple[Fraction, ...] = tuple(
+DANCE_SHARES: tuple[Fraction, ...] = tuple(
     map(Fraction, ("1/16", "1/12", "1/9", "1/8", "1/6", "3/16", "2/9", "1/4", "1/3", "3/8", "1/2"))
 )
-_LONG = Fraction(1, 4)  # a beat or more in duple time: hornpipe cadences are made of these
+LONG_SHARE = Fraction(1, 4)  # a beat or more in duple time: hornpipe cadences are made of these
 FEATURE_NAMES: tuple[str, ...] = (
-    *(f"share_{s.numerator}/{s.denominator}" for s in _SHARES),
+    *(f"share_{s.numerator}/{s.denominator}" for s in DANCE_SHARES),
     "share_other",
     *(f"meter_{kind}" for kind in METER_KINDS),
     "bars_ending_three_long",
@@ -127,7 +130,8 @@ class _Bar:
     broken: int = 0
 
 
-def _note_length(token_text: str) -> Fraction:
+def note_length(token_text: str) -> Fraction:
+    """A note or rest token's length in units of L: ("A3/2" -> 3/2, "z" -> 1)."""
     match = NOTE_RE.search(token_text)
     return parse_length(match.group("length") if match else token_text[1:])
 
@@ -166,7 +170,7 @@ def _bars(tune_text: str) -> Iterator[_Bar]:
             elif token.kind in ("chord_open", "chord_close"):
                 chord_state = False if token.kind == "chord_open" else None
             elif token.kind in ("note", "rest") and bar and not in_grace and not chord_state:
-                current.shares.append(_note_length(token.text) * unit / bar)
+                current.shares.append(note_length(token.text) * unit / bar)
                 if chord_state is False:
                     chord_state = True
             elif token.kind == "tuplet":
@@ -179,7 +183,7 @@ def _bars(tune_text: str) -> Iterator[_Bar]:
 
 def rhythm_features(tune_text: str) -> np.ndarray:
     """FEATURE_NAMES' values for one tune's encoder text; zeros where nothing can be read."""
-    counts = dict.fromkeys(_SHARES, 0)
+    counts = dict.fromkeys(DANCE_SHARES, 0)
     other = notes = tuplets = broken = three_long = two_long = 0
     kinds: dict[str, int] = {}
     bars = 0
@@ -194,15 +198,15 @@ def rhythm_features(tune_text: str) -> np.ndarray:
         notes += len(bar.shares)
         tuplets += bar.tuplets
         broken += bar.broken
-        three_long += len(bar.shares) >= 3 and all(s >= _LONG for s in bar.shares[-3:])
-        two_long += len(bar.shares) >= 2 and all(s >= _LONG for s in bar.shares[-2:])
+        three_long += len(bar.shares) >= 3 and all(s >= LONG_SHARE for s in bar.shares[-3:])
+        two_long += len(bar.shares) >= 2 and all(s >= LONG_SHARE for s in bar.shares[-2:])
     values = np.zeros(len(FEATURE_NAMES), dtype=np.float32)
     if not bars:
         return values
     main_kind = max(kinds, key=kinds.__getitem__)
     per_note = max(notes, 1)
     values[:] = [
-        *(counts[s] / per_note for s in _SHARES),
+        *(counts[s] / per_note for s in DANCE_SHARES),
         other / per_note,
         *(float(kind == main_kind) for kind in METER_KINDS),
         three_long / bars,

@@ -17,10 +17,17 @@ from itertools import pairwise
 
 import numpy as np
 
-from workers.abc.rhythm import METER_KINDS, default_unit, meter_kind, unit_value
+from workers.abc.rhythm import (
+    DANCE_SHARES,
+    LONG_SHARE,
+    METER_KINDS,
+    default_unit,
+    meter_kind,
+    note_length,
+    unit_value,
+)
 from workers.abc.tokens import (
     FIELD_LINE,
-    NOTE_RE,
     Token,
     line_kind,
     parse_length,
@@ -30,13 +37,9 @@ from workers.abc.tokens import (
 
 __all__ = ["SOUNDING_FEATURE_NAMES", "SoundingNote", "sounding_notes", "sounding_rhythm_features"]
 
-_SHARES: tuple[Fraction, ...] = tuple(
-    map(Fraction, ("1/16", "1/12", "1/9", "1/8", "1/6", "3/16", "2/9", "1/4", "1/3", "3/8", "1/2"))
-)
-_LONG = Fraction(1, 4)
 _COMPOUND = {"6/8", "9/8", "12/8"}
 SOUNDING_FEATURE_NAMES: tuple[str, ...] = (
-    *(f"share_{s.numerator}/{s.denominator}" for s in _SHARES),
+    *(f"share_{s.numerator}/{s.denominator}" for s in DANCE_SHARES),
     "share_other",
     *(f"meter_{kind}" for kind in METER_KINDS),
     "runs_of_three_long_per_bar",
@@ -123,10 +126,10 @@ class _NoteReader:
             self.add(chord * (parse_length(suffix) if suffix else 1) if chord else Fraction(1))
             self.chord = None
         elif kind == "note" and self.chord is not None:
-            self.chord = self.chord or _length(token.text)
+            self.chord = self.chord or note_length(token.text)
         # `x` is an invisible rest: xml2abc pads incomplete bars with it.
         elif kind == "note" or (kind == "rest" and token.text[0] == "z"):
-            self.add(_length(token.text))
+            self.add(note_length(token.text))
         elif kind == "tuplet":
             self.tuplet_factor, self.tuplet_left = _tuplet(token.text, self.meter)
         elif kind == "broken" and self.notes:
@@ -175,11 +178,6 @@ def sounding_notes(tune_text: str) -> list[SoundingNote]:
     return reader.notes
 
 
-def _length(token_text: str) -> Fraction:
-    match = NOTE_RE.search(token_text)
-    return parse_length(match.group("length") if match else token_text[1:])
-
-
 def _runs(longs: list[bool], size: int) -> int:
     """How many maximal runs of at least `size` consecutive True there are."""
     runs = length = 0
@@ -200,7 +198,7 @@ def sounding_rhythm_features(tune_text: str) -> np.ndarray:
     bars = float(sum(note.share for note in notes))
     if not notes or bars <= 0:
         return values
-    counts = dict.fromkeys(_SHARES, 0)
+    counts = dict.fromkeys(DANCE_SHARES, 0)
     other = 0
     for note in notes:
         if note.share in counts:
@@ -211,10 +209,10 @@ def sounding_rhythm_features(tune_text: str) -> np.ndarray:
     for note in notes:
         kinds[note.meter] = kinds.get(note.meter, 0) + 1
     main_kind = max(kinds, key=kinds.__getitem__)
-    longs = [note.share >= _LONG for note in notes]
+    longs = [note.share >= LONG_SHARE for note in notes]
     dotted = sum(a.share == 3 * b.share or b.share == 3 * a.share for a, b in pairwise(notes))
     values[:] = [
-        *(counts[s] / len(notes) for s in _SHARES),
+        *(counts[s] / len(notes) for s in DANCE_SHARES),
         other / len(notes),
         *(float(kind == main_kind) for kind in METER_KINDS),
         _runs(longs, 3) / bars,
