@@ -11,6 +11,7 @@ so neither the spelling nor where the bar lines fall changes them.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from fractions import Fraction
 from itertools import pairwise
@@ -198,17 +199,9 @@ def sounding_rhythm_features(tune_text: str) -> np.ndarray:
     bars = float(sum(note.share for note in notes))
     if not notes or bars <= 0:
         return values
-    counts = dict.fromkeys(DANCE_SHARES, 0)
-    other = 0
-    for note in notes:
-        if note.share in counts:
-            counts[note.share] += 1
-        else:
-            other += 1
-    kinds: dict[str, int] = {}
-    for note in notes:
-        kinds[note.meter] = kinds.get(note.meter, 0) + 1
-    main_kind = max(kinds, key=kinds.__getitem__)
+    counts = Counter(note.share for note in notes)
+    other = len(notes) - sum(counts[s] for s in DANCE_SHARES)
+    main_kind = Counter(note.meter for note in notes).most_common(1)[0][0]
     longs = [note.share >= LONG_SHARE for note in notes]
     dotted = sum(a.share == 3 * b.share or b.share == 3 * a.share for a, b in pairwise(notes))
     values[:] = [
