@@ -36,6 +36,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from orchestrator.training.data import TuneRecord  # noqa: E402
+from workers.abc.profiles import summary_digits  # noqa: E402
 from workers.abc.rhythm import rhythm_features  # noqa: E402
 from workers.abc.sounding_rhythm import sounding_rhythm_features  # noqa: E402
 
@@ -209,7 +210,7 @@ def main() -> None:
 
     def features(records: Sequence[TuneRecord]) -> np.ndarray:
         values = np.stack([read(r.music_text) for r in records])
-        return np.rint(np.clip(values, 0, 1) * 9) / 9 if args.digits else values
+        return summary_digits(values) / 9 if args.digits else values
 
     reports: dict[str, Any] = {}
     for book in (name for name in args.heldout.split(",") if name):

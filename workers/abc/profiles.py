@@ -24,6 +24,7 @@ __all__ = [
     "SOUNDING_SUMMARY_PROFILE",
     "input_profile",
     "rhythm_summary_line",
+    "summary_digits",
     "with_rhythm_summary",
 ]
 
@@ -42,8 +43,12 @@ def rhythm_summary_line(
     A patch is read character by character at fixed positions, so each digit's place names
     its feature and a model learns what each value means with no parser of its own.
     """
-    digits = np.rint(np.clip(features(music_text), 0, 1) * 9).astype(int)
-    return _SUMMARY_FIELD + "".join(map(str, digits))
+    return _SUMMARY_FIELD + "".join(map(str, summary_digits(features(music_text))))
+
+
+def summary_digits(values: np.ndarray) -> np.ndarray:
+    """Features in 0..1 as the summary line's digits 0-9 (out-of-range values clipped)."""
+    return np.rint(np.clip(values, 0, 1) * 9).astype(int)
 
 
 def with_rhythm_summary(
