@@ -165,7 +165,7 @@ def _train_gate_promote(
 ) -> None:
     from orchestrator.training import evaluate_model, records_from_pieces, train_on_catalogue
     from orchestrator.training.data import TuneRecord
-    from orchestrator.training.roundtrip import RoundTripCache, converter_processes
+    from orchestrator.training.roundtrip import RoundTripCache
     from orchestrator.training.run import RoundTripPlan
 
     with session_scope(sessions) as session:
@@ -184,7 +184,7 @@ def _train_gate_promote(
         RoundTripPlan(
             settings.roundtrips_dir,
             max_tunes=settings.train_roundtrip_tunes,
-            workers=converter_processes(settings.train_convert_workers),
+            workers=settings.train_convert_workers,
         )
         if settings.train_roundtrip_tunes
         else None

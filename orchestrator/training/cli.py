@@ -17,11 +17,7 @@ from orchestrator.training.eval import evaluate_heldout
 from orchestrator.training.export import save_model
 from orchestrator.training.loop import train
 from orchestrator.training.model import in_memory_clamp
-from orchestrator.training.roundtrip import (
-    converter_processes,
-    default_cache_dir,
-    filled_cache,
-)
+from orchestrator.training.roundtrip import default_cache_dir, filled_cache
 from orchestrator.training.sources import (
     HELDOUT_COLLECTIONS,
     SOURCES,
@@ -206,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
         cache, trip_counts = filled_cache(
             args.roundtrip_cache or default_cache_dir(),
             [(r.key_hash, r.music_text) for r in train_set],
-            converter_processes(args.convert_workers),
+            args.convert_workers,
         )
         roundtrips = cache.views
     model, _, history = train(cfg, records, roundtrips=roundtrips)

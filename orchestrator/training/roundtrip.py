@@ -216,7 +216,7 @@ class RoundTripCache:
     def fill(
         self,
         tunes: Iterable[tuple[str, str]],
-        workers: int = 2,
+        workers: int | Literal["auto"] = 2,
         progress: Callable[[int, int], None] | None = None,
         timeouts_s: tuple[float, float] = (TIMEOUT_S, RETRY_TIMEOUT_S),
     ) -> dict[str, int]:
@@ -224,7 +224,8 @@ class RoundTripCache:
 
         A conversion gets timeouts_s[0] seconds, and one more try with timeouts_s[1] before
         it is cached as failed. Returns counts: converted, failed, retried (of those, how
-        many ran past the first limit), cached (already there before this call).
+        many ran past the first limit), cached (already there before this call). `workers`
+        is a process count or `auto` (converter_processes).
         """
         tunes = list(dict(tunes).items())
         if not self.missing(tunes):
@@ -248,7 +249,7 @@ class RoundTripCache:
     def _convert(
         self,
         tunes: list[tuple[str, str]],
-        workers: int,
+        workers: int | Literal["auto"],
         progress: Callable[[int, int], None] | None,
         timeouts_s: tuple[float, float],
     ) -> dict[str, int]:
@@ -265,7 +266,10 @@ class RoundTripCache:
         texts = dict(tunes)
         # spawn: the parent may hold torch threads, which fork would copy half-initialised.
         context = multiprocessing.get_context("spawn")
-        with self.path.open("a", encoding="utf-8") as out, context.Pool(workers) as pool:
+        with (
+            self.path.open("a", encoding="utf-8") as out,
+            context.Pool(converter_processes(workers)) as pool,
+        ):
             if out.tell() and not _ends_with_newline(self.path):
                 out.write("\n")  # end a line cut short, or the next one would join it
             # chunksize 1 and no maxtasksperchild: tunes vary from 0.1 s to the alarm, and
@@ -297,7 +301,7 @@ class RoundTripCache:
 def filled_cache(
     cache_dir: Path,
     tunes: list[tuple[str, str]],
-    workers: int,
+    workers: int | Literal["auto"],
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[RoundTripCache, dict[str, int]]:
     """The cache in cache_dir with every (key, music text) of tunes converted; the counts.

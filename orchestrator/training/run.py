@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -45,7 +45,7 @@ class RoundTripPlan:
 
     cache_dir: Path
     max_tunes: int = 2000
-    workers: int = 2
+    workers: int | Literal["auto"] = 2
 
 
 def catalogue_round_trips(
