@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from workers.abc.profiles import (
+    CANONICAL_DUPLE_SOUNDING_PROFILE,
     SOUNDING_SUMMARY_PROFILE,
     input_profile,
     rhythm_summary_line,
@@ -90,6 +91,20 @@ def test_the_sounding_summary_line_is_frozen() -> None:
     assert line == "I:rhythm 40000401000090000000087"
     profiled = input_profile(SOUNDING_SUMMARY_PROFILE)(HORNPIPE)
     assert profiled.split("\n")[2:4] == [line, "K:G"]
+
+
+@pytest.mark.parametrize("spelling", ["M:C|\nL:1/8", "M:2/4\nL:1/16", "M:C\nL:1/8"])
+def test_duple_v2_writes_every_duple_spelling_one_way_with_the_same_line(spelling: str) -> None:
+    tune = HORNPIPE.replace("M:C|\nL:1/8", spelling)
+    profiled = input_profile(CANONICAL_DUPLE_SOUNDING_PROFILE)(tune)
+    # Frozen like v2's: models trained under rhythm-summary-duple-v2 read exactly this.
+    assert profiled.split("\n")[:4] == [
+        "M:2/4",
+        "L:1/16",
+        "I:rhythm 40000401000090000000087",
+        "K:G",
+    ]
+    assert profiled.split("\n")[4] == HORNPIPE.split("\n")[3]  # the bars are untouched
 
 
 @pytest.mark.parametrize("target", ["musicxml", "midi"])

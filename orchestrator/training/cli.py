@@ -27,6 +27,7 @@ from orchestrator.training.sources import (
 from orchestrator.training.views import RoundTrips
 from workers.abc.profiles import (
     CANONICAL_DUPLE_PROFILE,
+    CANONICAL_DUPLE_SOUNDING_PROFILE,
     INPUT_PROFILES,
     REFERENCE_PROFILE,
     RHYTHM_SUMMARY_PROFILE,
@@ -127,7 +128,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"{RHYTHM_SUMMARY_PROFILE}: a line of spelling-free rhythm statistics added; "
         f"{CANONICAL_DUPLE_PROFILE}: that, and every duple meter written one way; "
         f"{SOUNDING_SUMMARY_PROFILE}: the statistics of sounding note lengths, read without "
-        "bar lines, which survive MusicXML and MIDI round trips)",
+        "bar lines, which survive MusicXML and MIDI round trips; "
+        f"{CANONICAL_DUPLE_SOUNDING_PROFILE}: that, and every duple meter written one way)",
     )
     parser.add_argument(
         "--rhythm-words",

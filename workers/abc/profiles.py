@@ -18,6 +18,7 @@ from workers.abc.spelling import canonical_duple_spelling
 
 __all__ = [
     "CANONICAL_DUPLE_PROFILE",
+    "CANONICAL_DUPLE_SOUNDING_PROFILE",
     "INPUT_PROFILES",
     "REFERENCE_PROFILE",
     "RHYTHM_SUMMARY_PROFILE",
@@ -32,6 +33,7 @@ REFERENCE_PROFILE = "clamp"
 RHYTHM_SUMMARY_PROFILE = "rhythm-summary-v1"
 CANONICAL_DUPLE_PROFILE = "rhythm-summary-duple-v1"
 SOUNDING_SUMMARY_PROFILE = "rhythm-summary-v2"
+CANONICAL_DUPLE_SOUNDING_PROFILE = "rhythm-summary-duple-v2"
 _SUMMARY_FIELD = "I:rhythm "
 
 
@@ -76,6 +78,11 @@ def with_canonical_duple_rhythm(music_text: str) -> str:
     return with_rhythm_summary(canonical_duple_spelling(music_text))
 
 
+def with_canonical_duple_sounding(music_text: str) -> str:
+    """The sounding summary of a tune whose duple meter spelling is made canonical."""
+    return with_sounding_summary(canonical_duple_spelling(music_text))
+
+
 def _reference(music_text: str) -> str:
     return music_text
 
@@ -90,6 +97,9 @@ INPUT_PROFILES: dict[str, Callable[[str], str]] = {
     # The same cues read from sounding note lengths without bar lines: round trips through
     # MusicXML and MIDI keep them (v1's digits changed in half of MusicXML round trips).
     SOUNDING_SUMMARY_PROFILE: with_sounding_summary,
+    # v2's line over v1's canonical duple spelling: Ryan's writes most reels in 2/4, the
+    # spelling O'Neill's keeps for a third of its hornpipes.
+    CANONICAL_DUPLE_SOUNDING_PROFILE: with_canonical_duple_sounding,
 }
 
 
