@@ -34,6 +34,34 @@ def test_round_trip_keeps_the_notes(target: str) -> None:
     assert NOTES.lower() in letters(converted)
 
 
+# music21, which writes the round trips' MusicXML and MIDI, reads "A>.B" (a broken rhythm
+# then a decoration, slur or grace) as two even notes and drops a note marked "H".
+DECORATED = "M:C|\nL:1/8\nK:G\nd>.cB>.A G>.AB>.c|Hd2 B>G A2 Hg2|e>uda>{b}g f>(ed)c|B2 G2 G4|]\n"
+
+
+@pytest.mark.parametrize("target", ["musicxml", "midi"])
+def test_round_trip_keeps_decorated_broken_rhythms_and_fermata_notes(target: str) -> None:
+    from workers.abc.sounding_rhythm import sounding_notes
+
+    converted = convert_music_text(DECORATED, target)
+    assert [n.share for n in sounding_notes(converted)] == [
+        n.share for n in sounding_notes(DECORATED)
+    ]
+
+
+def test_music21_spelling_writes_out_broken_rhythms_and_fermatas_only() -> None:
+    from orchestrator.training.music21_spelling import for_music21
+
+    head = "M:4/4\nL:1/8\nK:G\n"
+    assert for_music21(head + "A2>.B [ce]>>d z<(G c)|\n") == (
+        head + "A3.B/2 [c7/4e7/4]d/4 z/2(G3/2 c)|\n"
+    )
+    assert for_music21(head + "HA2 B>C>D|\n") == head + "!fermata!A2 B3/2C3/4D/2|\n"
+    # Across a bar line there is no pair to write out; a U: field may redefine H.
+    assert for_music21(head + "A>|B c2|\n") == head + "A>|B c2|\n"
+    assert for_music21("U:H=!trill!\n" + head + "HA2|\n") == "U:H=!trill!\n" + head + "HA2|\n"
+
+
 def test_round_trip_of_junk_says_why() -> None:
     with pytest.raises(ValueError, match=r"\w"):
         convert_music_text("M:4/4\nK:D\n|]|]\n", "midi")

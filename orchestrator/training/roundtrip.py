@@ -25,10 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal
 
+from orchestrator.training.music21_spelling import for_music21
+
 log = logging.getLogger(__name__)
 
 FORMATS = ("musicxml", "midi")
-CACHE_VERSION = "1"
+# 2: tunes are respelled for music21 before it writes them (music21_spelling).
+CACHE_VERSION = "2"
 # Longer tunes are left out: music21 is slow on them, and only 128 patches are read anyway.
 MAX_TUNE_CHARS = 12_000
 TIMEOUT_S = 20.0  # per tune and format; typical tunes take 0.1-0.6 s
@@ -65,6 +68,7 @@ def _export(music_text: str, target: str) -> bytes:
     from music21.midi.translate import music21ObjectToMidiFile
     from music21.musicxml.m21ToXml import GeneralObjectExporter
 
+    music_text = for_music21(music_text)
     score = music21.converter.parse("X:1\n" + music_text, format="abc", forceSource=True)
     if target == "musicxml":
         return GeneralObjectExporter(score).parse()
