@@ -16,8 +16,10 @@ from __future__ import annotations
 
 from fractions import Fraction
 
+from orchestrator.training.augment_pitch import read_note
 from workers.abc.tokens import (
     Token,
+    broken_factors,
     format_length,
     join_tokens,
     line_kind,
@@ -33,22 +35,8 @@ __all__ = ["for_music21"]
 _SKIPPED = frozenset({"deco", "string", "slur", "space", "grace_open", "grace_close"})
 
 
-def _broken_factors(text: str) -> tuple[Fraction, Fraction]:
-    short = Fraction(1, 2 ** len(text))
-    long = 2 - short
-    return (long, short) if text[0] == ">" else (short, long)
-
-
 def _with_length(text: str, head: int, factor: Fraction) -> str:
     return text[:head] + format_length(parse_length(text[head:]) * factor)
-
-
-def _note_head(text: str) -> int:
-    """Where a note token's length starts (after accidental, letter and octave marks)."""
-    end = len(text)
-    while end and (text[end - 1].isdigit() or text[end - 1] == "/"):
-        end -= 1
-    return end
 
 
 class _Line:
@@ -80,7 +68,11 @@ class _Line:
     def _scale(self, event: int, factor: Fraction) -> None:
         for j in self.events[event]:
             token = self.tokens[j]
-            head = 1 if token.kind in ("rest", "chord_close") else _note_head(token.text)
+            head = (
+                1
+                if token.kind in ("rest", "chord_close")
+                else len(token.text) - len(read_note(token.text)[2])
+            )
             self.tokens[j] = Token(token.kind, _with_length(token.text, head, factor))
 
     def _event_after(self, j: int) -> int | None:
@@ -106,7 +98,7 @@ class _Line:
                 before, after = self._event_before(j), self._event_after(j)
                 if before is None or after is None:
                     continue
-                first, second = _broken_factors(token.text)
+                first, second = broken_factors(token.text)
                 self._scale(before, first)
                 self._scale(after, second)
                 self.tokens[j] = Token("broken", "")

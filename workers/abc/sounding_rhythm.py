@@ -30,6 +30,7 @@ from workers.abc.rhythm import (
 from workers.abc.tokens import (
     FIELD_LINE,
     Token,
+    broken_factors,
     line_kind,
     parse_length,
     split_lines,
@@ -68,13 +69,6 @@ def _tuplet(text: str, meter: str) -> tuple[Fraction, int]:
     if q is None:
         q = {2: 3, 3: 2, 4: 3, 6: 2, 8: 3}.get(p, 3 if meter in _COMPOUND else 2)
     return (Fraction(q, p) if p else Fraction(1)), r
-
-
-def _broken(text: str) -> tuple[Fraction, Fraction]:
-    """Factors of the notes before and after `>`, `>>`, `<`...: `A>B` is A dotted, B halved."""
-    short = Fraction(1, 2 ** len(text))
-    long = 2 - short
-    return (long, short) if text[0] == ">" else (short, long)
 
 
 @dataclass
@@ -134,7 +128,7 @@ class _NoteReader:
         elif kind == "tuplet":
             self.tuplet_factor, self.tuplet_left = _tuplet(token.text, self.meter)
         elif kind == "broken" and self.notes:
-            before, self.next_factor = _broken(token.text)
+            before, self.next_factor = broken_factors(token.text)
             self.notes[-1].share *= before
         elif kind == "tie":
             self.tied = True

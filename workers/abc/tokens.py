@@ -17,6 +17,7 @@ __all__ = [
     "NOTE_RE",
     "Token",
     "TuneLines",
+    "broken_factors",
     "format_length",
     "is_chord_symbol",
     "join_tokens",
@@ -148,6 +149,13 @@ def parse_length(text: str) -> Fraction:
     for part in slashes:
         value /= int(part) if part else 2
     return value
+
+
+def broken_factors(text: str) -> tuple[Fraction, Fraction]:
+    """Factors of the notes before and after `>`, `>>`, `<`...: `A>B` is A dotted, B halved."""
+    short = Fraction(1, 2 ** len(text))
+    long = 2 - short
+    return (long, short) if text[0] == ">" else (short, long)
 
 
 def format_length(value: Fraction, *, short_halves: bool = False) -> str:
