@@ -282,7 +282,7 @@ def test_ingest_jobs_run_in_the_server(client: TestClient, settings: Settings) -
     uploaded = client.post("/ingest/files", files=files, headers=auth)
     assert uploaded.status_code == 202, uploaded.text
     job = wait_for_job(client, uploaded.json()["job_id"])
-    assert job["status"] == "done" and job["indexed"] == 1
+    assert job["status"] == "done" and job["indexed"] == 1, repr(job)
     assert "Uploaded Kesh" in titles(ok(client.get("/search", params={"q": "x", "key": "G"})))
     refused(client.get("/jobs/99999"), 404, "99999")
 
