@@ -19,7 +19,7 @@ from workers.abc.tokens import (
     tokenize,
 )
 
-__all__ = ["respell_meter", "rewrite_unit_length", "scale_unit_length"]
+__all__ = ["respell_meter", "rewrite_unit_length", "scale_unit_length", "scaled_token"]
 
 
 def _chord_closes(tokens: list[Token]) -> dict[int, int]:
@@ -35,11 +35,14 @@ def _chord_closes(tokens: list[Token]) -> dict[int, int]:
     return closes
 
 
-def _scale_lengths(tokens: list[Token], factor: Fraction, short: bool) -> list[Token]:
-    def scaled(text: str, head: int) -> str:
-        value = parse_length(text[head:]) * factor
-        return text[:head] + format_length(value, short_halves=short)
+def scaled_token(token: Token, factor: Fraction, *, short_halves: bool = False) -> Token:
+    """A note, rest or chord close (``]2``) with its length multiplied by ``factor``."""
+    head = len(token.text) - len(read_note(token.text)[2]) if token.kind == "note" else 1
+    value = parse_length(token.text[head:]) * factor
+    return Token(token.kind, token.text[:head] + format_length(value, short_halves=short_halves))
 
+
+def _scale_lengths(tokens: list[Token], factor: Fraction, short: bool) -> list[Token]:
     closes = _chord_closes(tokens)
     out: list[Token] = []
     in_grace = False
@@ -47,7 +50,6 @@ def _scale_lengths(tokens: list[Token], factor: Fraction, short: bool) -> list[T
     # is scaled: the outer one when written, else every inner note.
     outer_close: int | None = None
     for j, token in enumerate(tokens):
-        text = token.text
         if token.kind == "grace_open":
             in_grace = True
         elif token.kind == "grace_close":
@@ -57,13 +59,13 @@ def _scale_lengths(tokens: list[Token], factor: Fraction, short: bool) -> list[T
             outer_close = close if close is not None and tokens[close].text != "]" else None
         elif token.kind == "chord_close":
             if j == outer_close:
-                text = scaled(text, 1)
+                token = scaled_token(token, factor, short_halves=short)
             outer_close = None
-        elif token.kind == "note" and not in_grace and outer_close is None:
-            text = scaled(text, len(text) - len(read_note(text)[2]))
-        elif token.kind == "rest":
-            text = scaled(text, 1)
-        out.append(Token(token.kind, text))
+        elif (token.kind == "note" and not in_grace and outer_close is None) or (
+            token.kind == "rest"
+        ):
+            token = scaled_token(token, factor, short_halves=short)
+        out.append(token)
     return out
 
 

@@ -16,14 +16,12 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-from orchestrator.training.augment_pitch import read_note
+from orchestrator.training.augment_unit import scaled_token
 from workers.abc.tokens import (
     Token,
     broken_factors,
-    format_length,
     join_tokens,
     line_kind,
-    parse_length,
     split_lines,
     tokenize,
 )
@@ -33,10 +31,6 @@ __all__ = ["for_music21"]
 # Between a broken rhythm and the note it shortens: decorations, slurs, chord symbols and
 # grace groups, none of which takes time.
 _SKIPPED = frozenset({"deco", "string", "slur", "space", "grace_open", "grace_close"})
-
-
-def _with_length(text: str, head: int, factor: Fraction) -> str:
-    return text[:head] + format_length(parse_length(text[head:]) * factor)
 
 
 class _Line:
@@ -67,13 +61,7 @@ class _Line:
 
     def _scale(self, event: int, factor: Fraction) -> None:
         for j in self.events[event]:
-            token = self.tokens[j]
-            head = (
-                1
-                if token.kind in ("rest", "chord_close")
-                else len(token.text) - len(read_note(token.text)[2])
-            )
-            self.tokens[j] = Token(token.kind, _with_length(token.text, head, factor))
+            self.tokens[j] = scaled_token(self.tokens[j], factor)
 
     def _event_after(self, j: int) -> int | None:
         for k in range(j + 1, len(self.tokens)):
