@@ -214,7 +214,8 @@ def _run_embedded(settings: Settings, job_id: int, on_progress: ProgressCallback
     def progress(_kind: str, _n: int) -> None:
         if on_progress is not None:
             with session_scope(sessions) as session:
-                on_progress(job_state.refresh_job(session, job_id))
+                counts = job_state.refresh_job(session, job_id)
+            on_progress(counts)  # outside the transaction: it holds the job's lock
 
     runner = Runner(ctx, holder_name("embedded"), on_progress=progress)
     try:

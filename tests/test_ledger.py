@@ -9,7 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from schemas.db import Job, WorkItem, WorkKind, WorkState, utcnow
@@ -216,6 +216,61 @@ def test_encode_results_never_overwrite_newer_piece_state(
     assert statuses == {ids[0]: PieceStatus.PARSED, ids[1]: PieceStatus.DELETED}
     with session_scope(sessions) as session:
         assert sinks.still_deleted(session, ids) == [ids[1]]
+
+
+def test_a_poll_never_closes_a_job_from_counts_taken_across_its_last_commit(
+    sessions: sessionmaker[Session],
+) -> None:
+    """GET /jobs recounts a job while its last batch commits: it sees all of it or none.
+
+    The batch is made to commit right after the poll's first statement; counts mixing a
+    before and an after once closed a job as done with its piece uncounted.
+    """
+    from schemas.db import SourceFile
+    from workers.abc import ParsedPiece, parse_abc_text
+
+    tunes = [p for p in parse_abc_text(TWO_TUNES) if isinstance(p, ParsedPiece)][:1]
+    with session_scope(sessions) as session:
+        job_id = job_state.create_job(session, "ingest", {}).id
+        seen = sinks.FileSeen(uri="/catalog/one.abc", size=1, mtime=0.0, sha256="x")
+        [recorded] = sinks.record_files(session, job_id, [seen])
+        source = session.get(SourceFile, recorded.file_id)
+        ids, _ = sinks.upsert_pieces(
+            session, job_id=job_id, files=[sinks.ParsedFile(source, tunes)]
+        )
+        loaded = [piece for piece, _ in sinks.load_pieces(session, ids)]
+        ledger.enqueue(session, job_id, [ledger.NewWork(WorkKind.ENCODE, ids[0])])
+        session.expunge_all()
+    last = claim(sessions, 10)
+    assert last is not None
+
+    def finish_last_batch() -> None:  # what the encode stage commits for its batch
+        with session_scope(sessions) as session:
+            sinks.mark_indexed(session, pieces=loaded, collection="c", model_version="v")
+            ledger.complete(session, last.token, [i.id for i in last.items])
+            job_state.tally_job(session, job_id, encoded=1)
+
+    finisher = threading.Thread(target=finish_last_batch)
+    poller = threading.get_ident()
+
+    def commit_the_batch_now(*_: object) -> None:
+        if threading.get_ident() == poller and finisher.ident is None:
+            finisher.start()
+            finisher.join(1.0)  # a poll holding the job's lock makes it wait instead
+
+    engine = sessions.kw["bind"]
+    event.listen(engine, "after_cursor_execute", commit_the_batch_now)
+    try:
+        with session_scope(sessions) as session:
+            counts = job_state.refresh_job(session, job_id)
+    finally:
+        event.remove(engine, "after_cursor_execute", commit_the_batch_now)
+    finisher.join()
+    seen_counts = (counts.status, counts.indexed, counts.encoded, counts.pieces_pending)
+    assert seen_counts in {("running", 0, 0, 1), ("done", 1, 1, 0)}, seen_counts
+    with session_scope(sessions) as session:
+        after = job_state.refresh_job(session, job_id)
+    assert (after.status, after.indexed, after.encoded) == ("done", 1, 1)
 
 
 TWO_TUNES = (

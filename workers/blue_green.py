@@ -112,7 +112,7 @@ def advance(ctx: WorkerContext, job_id: int) -> str:
     a step interrupted there is finished by the next call: switching twice is harmless.
     """
     with session_scope(ctx.sessions) as session:
-        job = session.get(Job, job_id, with_for_update=_row_lock(session))
+        job = job_state.lock_job(session, job_id)
         if job is None or job.kind != JobKind.REINDEX:
             return DONE
         phase = str(job.params.get("phase", BUILDING))
@@ -126,7 +126,7 @@ def advance(ctx: WorkerContext, job_id: int) -> str:
     if phase == SWAPPING:
         ctx.store.set_alias(ctx.settings.collection_alias, collection)
     with session_scope(ctx.sessions) as session:
-        job = session.get(Job, job_id, with_for_update=_row_lock(session))
+        job = job_state.lock_job(session, job_id)
         assert job is not None
         if job.status in JobStatus.ENDED:
             return str(job.params.get("phase"))
@@ -200,11 +200,6 @@ def _describe_failed_check(check: SwapCheck) -> str:
             f"for their own music (e.g. {check.probe_misses[0]})"
         )
     return "; ".join(parts) + "; the old collection keeps serving"
-
-
-def _row_lock(session: Session) -> dict[str, bool] | None:
-    # FOR NO KEY UPDATE on Postgres (see job_state._lock_job); SQLite locks the file.
-    return {"key_share": True} if session.get_bind().dialect.name != "sqlite" else None
 
 
 def idle_reindexes(session: Session) -> list[int]:

@@ -184,22 +184,30 @@ def close_if_done(session: Session, job_id: int) -> bool:
     """
     # Lock the job row first: two workers finishing its last two batches at once must not
     # each see the other's work still open and both leave the job running.
-    _lock_job(session, job_id)
+    lock_job(session, job_id)
     if ledger.open_counts(session, job_id):
         return False
     return refresh_job(session, job_id).finished
 
 
-def _lock_job(session: Session, job_id: int) -> Job | None:
+def lock_job(session: Session, job_id: int) -> Job | None:
+    """Read a job holding its lock to the end of the transaction, so that what the
+    transaction reads next is one view that no worker's batch commits into."""
+    if session.get_bind().dialect.name == "sqlite":
+        # SQLite has no row locks, and pysqlite opens no transaction before a write: each
+        # read would see its own moment, and a poll counted a job's pieces before its last
+        # batch committed and its open work after, closing it with that batch uncounted.
+        # A write that changes nothing takes the database's write lock now instead.
+        session.execute(update(Job).where(Job.id == job_id).values(status=Job.status))
+        return session.get(Job, job_id)
     # FOR NO KEY UPDATE: rows that reference the job (pieces, work items) take KEY SHARE
     # locks on it, which a plain FOR UPDATE would wait on, deadlocking two workers.
-    postgres = session.get_bind().dialect.name != "sqlite"
-    return session.get(Job, job_id, with_for_update={"key_share": True} if postgres else None)
+    return session.get(Job, job_id, with_for_update={"key_share": True})
 
 
 def refresh_job(session: Session, job_id: int) -> JobCounts:
     """Recount a job from its rows (safe under concurrent workers) and close it when done."""
-    job = _lock_job(session, job_id)
+    job = lock_job(session, job_id)
     if job is None:
         raise JobNotFoundError(
             f"no job with id {job_id}: `clamp-index status` shows the latest job"
