@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import event, select, update
@@ -185,24 +186,34 @@ def test_a_resumed_job_takes_over_dead_jobs_work(sessions: sessionmaker[Session]
         assert old_job is not None and old_job.status == "interrupted"
 
 
+def parsed_pieces(
+    sessions: sessionmaker[Session], kind: str, tunes: int
+) -> tuple[int, list[str], list[Any]]:
+    """A job whose one file was parsed into `tunes` pieces: (job id, piece ids, pieces)."""
+    from schemas.db import SourceFile
+    from workers.abc import ParsedPiece, parse_abc_text
+
+    parsed = [p for p in parse_abc_text(TWO_TUNES) if isinstance(p, ParsedPiece)][:tunes]
+    with session_scope(sessions) as session:
+        job_id = job_state.create_job(session, kind, {}).id
+        seen = sinks.FileSeen(uri="/catalog/tunes.abc", size=1, mtime=0.0, sha256="x")
+        [recorded] = sinks.record_files(session, job_id, [seen])
+        source = session.get(SourceFile, recorded.file_id)
+        ids, _ = sinks.upsert_pieces(
+            session, job_id=job_id, files=[sinks.ParsedFile(source, parsed)]
+        )
+        loaded = [piece for piece, _ in sinks.load_pieces(session, ids)]
+        session.expunge_all()
+    return job_id, ids, loaded
+
+
 def test_encode_results_never_overwrite_newer_piece_state(
     sessions: sessionmaker[Session],
 ) -> None:
     """A piece re-parsed with other music, or deleted, while it was being encoded."""
-    from schemas.db import Piece, PieceStatus, SourceFile
-    from workers.abc import ParsedPiece, parse_abc_text
+    from schemas.db import Piece, PieceStatus
 
-    tunes = [p for p in parse_abc_text(TWO_TUNES) if isinstance(p, ParsedPiece)]
-    with session_scope(sessions) as session:
-        job_id = job_state.create_job(session, "test", {}).id
-        seen = sinks.FileSeen(uri="/catalog/two.abc", size=1, mtime=0.0, sha256="x")
-        [recorded] = sinks.record_files(session, job_id, [seen])
-        source = session.get(SourceFile, recorded.file_id)
-        ids, _ = sinks.upsert_pieces(
-            session, job_id=job_id, files=[sinks.ParsedFile(source, tunes)]
-        )
-        loaded = [piece for piece, _ in sinks.load_pieces(session, ids)]
-        session.expunge_all()
+    _, ids, loaded = parsed_pieces(sessions, "test", tunes=2)
     with session_scope(sessions) as session:  # meanwhile: one changed, one deleted
         session.execute(update(Piece).where(Piece.id == ids[0]).values(content_sha256="new"))
         session.execute(update(Piece).where(Piece.id == ids[1]).values(status=PieceStatus.DELETED))
@@ -226,21 +237,9 @@ def test_a_poll_never_closes_a_job_from_counts_taken_across_its_last_commit(
     The batch is made to commit right after the poll's first statement; counts mixing a
     before and an after once closed a job as done with its piece uncounted.
     """
-    from schemas.db import SourceFile
-    from workers.abc import ParsedPiece, parse_abc_text
-
-    tunes = [p for p in parse_abc_text(TWO_TUNES) if isinstance(p, ParsedPiece)][:1]
+    job_id, ids, loaded = parsed_pieces(sessions, "ingest", tunes=1)
     with session_scope(sessions) as session:
-        job_id = job_state.create_job(session, "ingest", {}).id
-        seen = sinks.FileSeen(uri="/catalog/one.abc", size=1, mtime=0.0, sha256="x")
-        [recorded] = sinks.record_files(session, job_id, [seen])
-        source = session.get(SourceFile, recorded.file_id)
-        ids, _ = sinks.upsert_pieces(
-            session, job_id=job_id, files=[sinks.ParsedFile(source, tunes)]
-        )
-        loaded = [piece for piece, _ in sinks.load_pieces(session, ids)]
         ledger.enqueue(session, job_id, [ledger.NewWork(WorkKind.ENCODE, ids[0])])
-        session.expunge_all()
     last = claim(sessions, 10)
     assert last is not None
 
