@@ -333,6 +333,38 @@ def test_training_is_reproducible_from_its_seed() -> None:
     assert not torch.equal(other.state_dict()["music_proj.weight"], a["music_proj.weight"])
 
 
+def test_the_rhythm_feature_loss_trains_the_tower_and_is_not_exported() -> None:
+    """The auxiliary head changes the music tower, stays reproducible from the seed, and
+    leaves nothing of itself in the saved weights."""
+    from orchestrator.training import TrainConfig, train
+
+    records = dance_records()
+    cfg = TrainConfig(
+        **TINY,
+        batch_size=8,
+        max_steps=6,
+        warmup_steps=2,
+        eval_every=0,
+        music_views=2,
+        music_loss_weight=1.0,
+        rhythm_feature_loss_weight=1.0,
+        input_profile="rhythm-summary-v2",
+    )
+    first, _, history = train(cfg, records, log_every=2)
+    second, _, _ = train(cfg, records, log_every=2)
+    plain, _, plain_history = train(
+        cfg.model_copy(update={"rhythm_feature_loss_weight": 0.0}), records, log_every=2
+    )
+    a, b, c = first.state_dict(), second.state_dict(), plain.state_dict()
+    assert a.keys() == c.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["music_proj.weight"], c["music_proj.weight"])
+    # The tunes' features differ, so there is something to regress; it is logged.
+    mse = [entry["rhythm_feature_mse"] for entry in history["loss"]]
+    assert len(mse) == 3 and all(value > 0 for value in mse)
+    assert all("rhythm_feature_mse" not in entry for entry in plain_history["loss"])
+
+
 def test_command_line_flags_override_the_config_file(tmp_path: Path) -> None:
     from orchestrator.training.cli import parse_config
 

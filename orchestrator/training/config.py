@@ -56,6 +56,9 @@ class TrainConfig(BaseModel):
     # field was trained with these.
     augment_ops: list[str] = Field(default_factory=lambda: list(BASE_OPS))
     music_loss_weight: float = 0.0
+    # Weight of an auxiliary loss (model.RhythmFeatureHead, not exported) that makes every
+    # view's vector predict its tune's sounding-rhythm features; 0: no such loss.
+    rhythm_feature_loss_weight: float = Field(0.0, ge=0.0)
     # Views are cut to this many patches: a MIDI round trip is twice its original's length
     # (repeats expanded, a second voice of rests), and one such view in a batch pads every
     # row to it; cutting them made steps ~2x faster. None: max_patches.

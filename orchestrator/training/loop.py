@@ -19,6 +19,7 @@ from orchestrator.training.eval import evaluate_heldout
 from orchestrator.training.loss import same_text_mask
 from orchestrator.training.model import (
     ContrastiveHead,
+    RhythmFeatureHead,
     StartingPoint,
     fresh_start,
     in_memory_clamp,
@@ -26,6 +27,7 @@ from orchestrator.training.model import (
 from orchestrator.training.rhythm_words import rhythm_word_offer, rhythm_words
 from orchestrator.training.views import RoundTrips, pick_two, view_patches
 from workers.abc import MASK_ID, PAD_ID, PATCH_LENGTH
+from workers.abc.sounding_rhythm import sounding_rhythm_features
 from workers.clamp import ClampEncoder, ClampModel
 from workers.clamp.encoder import TEXT_MAX_TOKENS
 from workers.clamp.hardware import bf16_supported
@@ -191,7 +193,19 @@ def train(
         for r, words in zip(train_set, rhythm, strict=True)
     ]
 
-    trainable = [p for p in model.parameters() if p.requires_grad] + list(head.parameters())
+    rhythm_head: RhythmFeatureHead | None = None
+    rhythm_targets = torch.empty(0)
+    if cfg.rhythm_feature_loss_weight > 0:
+        # One target per tune, shared by all its views: a converted or respelled copy
+        # sounds the same, so it must say the same about its rhythm.
+        rhythm_targets = torch.from_numpy(
+            np.stack([sounding_rhythm_features(r.music_text) for r in train_set])
+        ).to(device)
+        rhythm_head = RhythmFeatureHead(model.config.dim, rhythm_targets.shape[1]).to(device)
+    auxiliary = list(rhythm_head.parameters()) if rhythm_head is not None else []
+    trainable = (
+        [p for p in model.parameters() if p.requires_grad] + list(head.parameters()) + auxiliary
+    )
     decay = [p for p in trainable if p.ndim >= 2]
     no_decay = [p for p in trainable if p.ndim < 2]
     optimizer = torch.optim.AdamW(
@@ -216,6 +230,7 @@ def train(
     epoch = 0
     done = False
     running: list[float] = []
+    running_rhythm: list[float] = []
     while not done:
         batches = length_batches(lengths, cfg.batch_size, batch_rng)
         if not batches:
@@ -263,6 +278,13 @@ def train(
                     # other tunes; the text pair alone only ties them through the words.
                     other_vec = model.encode_music(other_ids, other_mask)
                     loss = loss + cfg.music_loss_weight * head(music_vec, other_vec)
+                if rhythm_head is not None:
+                    target = rhythm_targets[batch]
+                    rhythm_loss = rhythm_head(music_vec, target)
+                    if pair_music:
+                        rhythm_loss = (rhythm_loss + rhythm_head(other_vec, target)) / 2
+                    loss = loss + cfg.rhythm_feature_loss_weight * rhythm_loss
+                    running_rhythm.append(rhythm_loss.item())
             optimizer.zero_grad(set_to_none=True)
             if scaler is None:
                 loss.backward()
@@ -281,7 +303,11 @@ def train(
                 progress(step, value)
             if step % log_every == 0:
                 mean = sum(running) / len(running)
-                history["loss"].append({"step": step, "loss": mean, "s": round(elapsed, 1)})
+                entry = {"step": step, "loss": mean, "s": round(elapsed, 1)}
+                if running_rhythm:
+                    # Unweighted, so runs with different weights compare.
+                    entry["rhythm_feature_mse"] = sum(running_rhythm) / len(running_rhythm)
+                history["loss"].append(entry)
                 log.info(
                     "step %d epoch %d loss %.4f T %.4f lr %.2e %.0fs",
                     step,
@@ -292,6 +318,7 @@ def train(
                     elapsed,
                 )
                 running = []
+                running_rhythm = []
             if cfg.eval_every and step % cfg.eval_every == 0 and len(eval_set) >= 2:
                 encoder = ClampEncoder(
                     in_memory_clamp(model, tokenizer, cfg.name, cfg.input_profile), device=device

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
@@ -175,3 +176,19 @@ class ContrastiveHead(nn.Module):
     ) -> torch.Tensor:
         """Symmetric InfoNCE; pairs whose texts are identical are not counted as negatives."""
         return info_nce(text, music, self.scale(), same_text)
+
+
+class RhythmFeatureHead(nn.Module):
+    """Training only, never saved: regresses a tune's sounding-rhythm features from the
+    direction of its music vector. The features are in every view's input (the summary
+    line), yet a linear probe on the vectors scored 0.75-0.78 on dance type where the
+    digits alone score 0.855: the contrastive losses let the tower drop them."""
+
+    def __init__(self, dim: int, features: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(dim, features)
+
+    def forward(self, music: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean squared error of the features predicted from the unit music vectors."""
+        predicted = self.linear(F.normalize(music.float(), dim=-1))
+        return F.mse_loss(predicted, target)
