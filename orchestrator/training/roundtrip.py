@@ -12,6 +12,7 @@ gives a new cache rather than silently mixing outputs.
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import hashlib
 import json
@@ -23,7 +24,7 @@ import signal
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
 from orchestrator.training.music21_spelling import for_music21
 
@@ -31,7 +32,8 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("musicxml", "midi")
 # 2: tunes are respelled for music21 before it writes them (music21_spelling).
-CACHE_VERSION = "2"
+# 3: time signatures music21 shares between bars are unshared before MIDI export.
+CACHE_VERSION = "3"
 # Longer tunes are left out: music21 is slow on them, and only 128 patches are read anyway.
 MAX_TUNE_CHARS = 12_000
 TIMEOUT_S = 20.0  # per tune and format; typical tunes take 0.1-0.6 s
@@ -63,6 +65,24 @@ def _flatten_repeats(music_text: str) -> str:
     )
 
 
+def _unshare_time_signatures(score: Any) -> None:
+    """Give each bar its own time signature object.
+
+    After an over-full bar, music21's ABC reader gives that bar a signature of its own and
+    puts the tune's first signature *object* back in the next bar; its MIDI writer then
+    inserts that one object twice into its tempo track and raises StreamException (71 of
+    the 86 MIDI exports that failed on the training books).
+    """
+    import music21
+
+    seen: set[int] = set()
+    for measure in score.recurse().getElementsByClass(music21.stream.Measure):
+        for signature in list(measure.getElementsByClass(music21.meter.TimeSignature)):
+            if id(signature) in seen:
+                measure.replace(signature, copy.deepcopy(signature))
+            seen.add(id(signature))
+
+
 def _export(music_text: str, target: str) -> bytes:
     import music21
     from music21.midi.translate import music21ObjectToMidiFile
@@ -72,12 +92,14 @@ def _export(music_text: str, target: str) -> bytes:
     score = music21.converter.parse("X:1\n" + music_text, format="abc", forceSource=True)
     if target == "musicxml":
         return GeneralObjectExporter(score).parse()
+    _unshare_time_signatures(score)
     try:
         return music21ObjectToMidiFile(score).writestr()
     except music21.repeat.ExpanderException:
         flat = music21.converter.parse(
             "X:1\n" + _flatten_repeats(music_text), format="abc", forceSource=True
         )
+        _unshare_time_signatures(flat)
         return music21ObjectToMidiFile(flat).writestr()
 
 
