@@ -88,6 +88,33 @@ def test_midi_to_abc_keeps_meter_and_key() -> None:
     assert "Music21" not in result.abc_text  # music21's placeholder title/composer
 
 
+# A jig whose grace notes music21 writes as a MIDI file in which one note sounds for about
+# 90 quarters: read back, that is one note in one bar, which MusicXML cannot write.
+GRACE_NOTE_JIG = """X:1
+M:6/8
+L:1/8
+K:D
+A|{e}dDD {d}cDD|{c}BDD {B}ADD|{e}dDD {d}cBA|{B}AGF EFA|
+{e}dDD {d}cDD|{c}BDD {B}ADD|(B/c/d)(B {d}c).B.A|GEC EFG:|
+||DFF DGG|DFF DEE|DFF DGG|{B}AGE {B}AGE|
+D ~F2 D ~G2|D ~F2 D ~E2|B/c/dB {d}cBA|GEC EFG:|
+||{e}dAF DFA|{c}BAF DFA|{e}dAF DFA|{B}AGF EFA|
+{e}dAF DFA|{c}BAF DFA|(B/c/d)B {d}cBA|GEC EFG:|
+||dfa {a}geg|fdf ecA|dfa {a}gec|{B}AGF EFA|
+dfa {a}geg|fdf ecA|(B/c/d)B {d}cBA|GEC EFG:|
+"""
+
+
+def test_a_note_held_for_many_bars_is_cut_at_its_bar_line_not_the_whole_file_refused() -> None:
+    import music21
+    from music21.midi.translate import music21ObjectToMidiFile
+
+    score = music21.converter.parse(GRACE_NOTE_JIG, format="abc", forceSource=True)
+    result = convert_to_abc(music21ObjectToMidiFile(score).writestr(), ".mid")
+    assert only_piece(result.abc_text).patch_count > 20
+    assert any("cut at the bar line" in warning for warning in result.warnings)
+
+
 def test_converter_versions() -> None:
     versions = converter_versions()
     assert versions["xml2abc"].isdigit()

@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("musicxml", "midi")
 # 2: tunes are respelled for music21 before it writes them (music21_spelling).
-# 3: time signatures music21 shares between bars are unshared before MIDI export.
+# 3: time signatures music21 shares between bars are unshared before MIDI export, and
+# ingest's MIDI reader cuts notes too long to notate at their bar line (it refused those).
 CACHE_VERSION = "3"
 # Longer tunes are left out: music21 is slow on them, and only 128 patches are read anyway.
 MAX_TUNE_CHARS = 12_000

@@ -192,8 +192,30 @@ def xml_to_abc(xml_bytes: bytes, xml2abc_path: str) -> tuple[str, list[str]]:
     return abc, warnings
 
 
-def midi_to_musicxml(data: bytes) -> bytes:
-    """Read a Standard MIDI File with music21 (quantized) and write it as MusicXML."""
+def cut_inexpressible_notes(score: Any) -> int:
+    """Cut each note music21 cannot notate at its bar line; returns how many were cut.
+
+    A note-on whose note-off comes many bars later (a stuck note, or a zero-length grace
+    note whose off event preceded its on) is read as one note of e.g. 95 quarters inside
+    one bar, which MusicXML cannot write: the whole file would be refused for one note.
+    """
+    from music21 import stream
+
+    cut = 0
+    for measure in score.recurse().getElementsByClass(stream.Measure):
+        bar = measure.barDuration.quarterLength
+        for note in list(measure.recurse().notesAndRests):
+            if note.duration.type == "inexpressible":
+                left = bar - note.getOffsetInHierarchy(measure)
+                # A note past an over-full bar's end keeps a sixteenth: it still sounds.
+                note.quarterLength = left if left > 0 else 0.25
+                cut += 1
+    return cut
+
+
+def midi_to_musicxml(data: bytes) -> tuple[bytes, list[str]]:
+    """Read a Standard MIDI File with music21 (quantized) and write it as MusicXML;
+    (the MusicXML, warnings)."""
     from music21 import defaults
     from music21.midi.translate import midiStringToStream
     from music21.musicxml.m21ToXml import GeneralObjectExporter
@@ -211,7 +233,13 @@ def midi_to_musicxml(data: bytes) -> bytes:
         ) from exc
     if not score.recurse().notes:
         raise Refused("the MIDI file has no notes, so there is nothing to write as ABC")
-    return GeneralObjectExporter(score).parse()
+    warnings = []
+    if cut := cut_inexpressible_notes(score):
+        warnings.append(
+            f"{cut} note(s) held longer than their bar can notate (a note-off missing or "
+            "far too late?) were cut at the bar line"
+        )
+    return GeneralObjectExporter(score).parse(), warnings
 
 
 def convert(
@@ -225,7 +253,9 @@ def convert(
         refuse_unsafe_xml(data)
         return xml_to_abc(data, xml2abc_path)
     if source_format == "midi":
-        return xml_to_abc(midi_to_musicxml(data), xml2abc_path)
+        xml_bytes, warnings = midi_to_musicxml(data)
+        abc, xml2abc_warnings = xml_to_abc(xml_bytes, xml2abc_path)
+        return abc, warnings + xml2abc_warnings
     raise Refused(f"unknown source format {source_format!r}")
 
 
