@@ -71,8 +71,8 @@ def _unshare_time_signatures(score: Any) -> None:
 
     After an over-full bar, music21's ABC reader gives that bar a signature of its own and
     puts the tune's first signature *object* back in the next bar; its MIDI writer then
-    inserts that one object twice into its tempo track and raises StreamException (71 of
-    the 86 MIDI exports that failed on the training books).
+    inserts that one object twice into its tempo track and raises StreamException (76 of
+    the failed MIDI round trips of the training books in a version-2 cache).
     """
     import music21
 
@@ -84,24 +84,28 @@ def _unshare_time_signatures(score: Any) -> None:
             seen.add(id(signature))
 
 
+def _midi_bytes(score: Any) -> bytes:
+    from music21.midi.translate import music21ObjectToMidiFile
+
+    _unshare_time_signatures(score)
+    return music21ObjectToMidiFile(score).writestr()
+
+
 def _export(music_text: str, target: str) -> bytes:
     import music21
-    from music21.midi.translate import music21ObjectToMidiFile
     from music21.musicxml.m21ToXml import GeneralObjectExporter
 
     music_text = for_music21(music_text)
     score = music21.converter.parse("X:1\n" + music_text, format="abc", forceSource=True)
     if target == "musicxml":
         return GeneralObjectExporter(score).parse()
-    _unshare_time_signatures(score)
     try:
-        return music21ObjectToMidiFile(score).writestr()
+        return _midi_bytes(score)
     except music21.repeat.ExpanderException:
         flat = music21.converter.parse(
             "X:1\n" + _flatten_repeats(music_text), format="abc", forceSource=True
         )
-        _unshare_time_signatures(flat)
-        return music21ObjectToMidiFile(flat).writestr()
+        return _midi_bytes(flat)
 
 
 def convert_music_text(music_text: str, target: str) -> str:

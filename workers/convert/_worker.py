@@ -195,9 +195,9 @@ def xml_to_abc(xml_bytes: bytes, xml2abc_path: str) -> tuple[str, list[str]]:
 def cut_inexpressible_notes(score: Any) -> int:
     """Cut each note music21 cannot notate at its bar line; returns how many were cut.
 
-    A note-on whose note-off comes many bars later (a stuck note, or a zero-length grace
-    note whose off event preceded its on) is read as one note of e.g. 95 quarters inside
-    one bar, which MusicXML cannot write: the whole file would be refused for one note.
+    A note-on whose note-off comes many bars later (a stuck note; music21 itself writes
+    such files for some tunes with grace notes) is read as one note of e.g. 95 quarters
+    inside one bar, which MusicXML cannot write: the whole file would be refused for one note.
     """
     from music21 import stream
 
@@ -233,7 +233,7 @@ def midi_to_musicxml(data: bytes) -> tuple[bytes, list[str]]:
         ) from exc
     if not score.recurse().notes:
         raise Refused("the MIDI file has no notes, so there is nothing to write as ABC")
-    warnings = []
+    warnings: list[str] = []
     if cut := cut_inexpressible_notes(score):
         warnings.append(
             f"{cut} note(s) held longer than their bar can notate (a note-off missing or "
