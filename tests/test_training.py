@@ -106,6 +106,17 @@ def test_dropout_text_uses_only_available_fields() -> None:
         assert "jig" not in text and "Kesh" not in text and "major" not in text
 
 
+def test_texts_can_leave_the_book_out_unless_it_is_all_a_tune_has() -> None:
+    rec = record()
+    assert "a jig from O'Neill's Music of Ireland" in text_fields(rec)["phrase"]
+    rng = random.Random(0)
+    texts = [sample_text(rec, rng, collection=False) for _ in range(300)]
+    assert not any("O'Neill" in text for text in texts)
+    assert any("Kesh" in text for text in texts) and any("jig" in text for text in texts)
+    bare = record(title=None, places=(), rhythm=None, meter=None, tonic=None, mode=None)
+    assert "O'Neill" in sample_text(bare, random.Random(0), collection=False)
+
+
 def test_dropout_text_phrases() -> None:
     rec = record()
     phrases = text_fields(rec)["phrase"]
@@ -363,6 +374,23 @@ def test_the_rhythm_feature_loss_trains_the_tower_and_is_not_exported() -> None:
     mse = [entry["rhythm_feature_mse"] for entry in history["loss"]]
     assert len(mse) == 3 and all(value > 0 for value in mse)
     assert all("rhythm_feature_mse" not in entry for entry in plain_history["loss"])
+
+
+def test_training_without_the_book_in_texts_trains_other_weights() -> None:
+    """text_collection reaches the texts a run pairs (its manifest field alone is not it)."""
+    from orchestrator.training import TrainConfig, train
+
+    records = [
+        replace(r, collection=("oneills1850", "ryansMammoth")[i % 2])
+        for i, r in enumerate(dance_records())
+    ]
+    cfg = TrainConfig(**TINY, batch_size=8, max_steps=4, warmup_steps=2, eval_every=0)
+    named, _, _ = train(cfg, records)
+    unnamed, _, _ = train(cfg.model_copy(update={"text_collection": False}), records)
+    again, _, _ = train(cfg.model_copy(update={"text_collection": False}), records)
+    a, b, c = named.state_dict(), unnamed.state_dict(), again.state_dict()
+    assert all(torch.equal(b[k], c[k]) for k in b)
+    assert not torch.equal(a["text_proj.weight"], b["text_proj.weight"])
 
 
 def test_command_line_flags_override_the_config_file(tmp_path: Path) -> None:

@@ -45,6 +45,10 @@ class TrainConfig(BaseModel):
     # The share of text draws offered those words (each draw then drops fields as usual): a
     # smaller share weakens their pull on the text pairs against the music-music pairs.
     text_rhythm_words_p: float = Field(1.0, ge=0.0, le=1.0)
+    # Name each tune's book in its training texts ("a hornpipe from O'Neill's"). Such texts
+    # pay the music tower to tell the books apart by their writing, which is what a book it
+    # never saw does not share; False leaves the book out.
+    text_collection: bool = True
     # Music views per training tune besides its own text: `music_views` augmented copies
     # (orchestrator.training.augment, each op with probability augment_p), plus the cached
     # MusicXML and MIDI round trips when the run has a round-trip cache. Each step pairs the

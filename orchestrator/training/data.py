@@ -380,8 +380,11 @@ def _article(word: str) -> str:
     return "an" if word[:1].lower() in "aeiou" else "a"
 
 
-def text_fields(record: TuneRecord) -> dict[str, list[str]]:
-    """Field kind -> surface forms; only fields the record has, so dropout never invents."""
+def text_fields(record: TuneRecord, collection: bool = True) -> dict[str, list[str]]:
+    """Field kind -> surface forms; only fields the record has, so dropout never invents.
+
+    Without `collection` no field or phrase names the tune's book, unless that is all the
+    record has (a tune needs some text to be paired with)."""
     fields: dict[str, list[str]] = {}
     if record.title:
         fields["title"] = [record.title, f'"{record.title}"']
@@ -405,7 +408,8 @@ def text_fields(record: TuneRecord) -> dict[str, list[str]]:
         fields["mode"] = [f"{record.mode} mode", record.mode, f"in a {record.mode} key"]
     if record.tempo_words:
         fields["tempo"] = list(record.tempo_words)
-    if record.collection:
+    named_book = collection and record.collection
+    if named_book:
         fields["collection"] = [record.collection_name, f"from {record.collection_name}"]
 
     # Phrases a user would type; they teach the projection how fields combine.
@@ -417,10 +421,12 @@ def text_fields(record: TuneRecord) -> dict[str, list[str]]:
         phrases.append(f"{_article(kind)} {kind} in {record.meter}")
     if record.places:
         phrases.append(f"{_article(kind)} {kind} from {record.places[0]}")
-    if record.rhythm and record.collection and record.collection != "essenFolksong":
+    if record.rhythm and named_book and record.collection != "essenFolksong":
         phrases.append(f"{_article(kind)} {kind} from {record.collection_name}")
     if phrases:
         fields["phrase"] = phrases
+    if not fields and not collection:
+        return text_fields(record)
     return fields
 
 
@@ -432,13 +438,18 @@ def has_text(record: TuneRecord) -> bool:
     return bool(text_fields(record))
 
 
-def sample_text(record: TuneRecord, rng: random.Random, rhythm: Sequence[str] = ()) -> str:
+def sample_text(
+    record: TuneRecord,
+    rng: random.Random,
+    rhythm: Sequence[str] = (),
+    collection: bool = True,
+) -> str:
     """CLaMP-style text dropout: a random non-empty subset of fields in random order.
 
     `rhythm` (rhythm_words.rhythm_words of the tune) is one more field when given; without
-    it the draws are those of runs from before it existed.
+    it the draws are those of runs from before it existed. `collection`: see text_fields.
     """
-    fields = text_fields(record)
+    fields = text_fields(record, collection)
     if rhythm:
         fields["rhythm_words"] = list(rhythm)
     kinds = sorted(fields)

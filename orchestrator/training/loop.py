@@ -189,7 +189,10 @@ def train(
     rhythm = [rhythm_words(r.music_text) if cfg.text_rhythm_words else [] for r in train_set]
     offer = rhythm_word_offer(cfg.text_rhythm_words_p, cfg.seed + 4)
     variants = [
-        [sample_text(r, text_rng, offer(words)) for _ in range(cfg.text_variants)]
+        [
+            sample_text(r, text_rng, offer(words), cfg.text_collection)
+            for _ in range(cfg.text_variants)
+        ]
         for r, words in zip(train_set, rhythm, strict=True)
     ]
 
@@ -248,7 +251,10 @@ def train(
             if cfg.text_variants:
                 texts = [text_rng.choice(variants[i]) for i in batch]
             else:
-                texts = [sample_text(train_set[i], text_rng, offer(rhythm[i])) for i in batch]
+                texts = [
+                    sample_text(train_set[i], text_rng, offer(rhythm[i]), cfg.text_collection)
+                    for i in batch
+                ]
             picks = [pick_two(len(views[i]), view_rng) if multi_view else (0, 0) for i in batch]
             ids, mask = collate_patches(
                 [views[i][a] for i, (a, _) in zip(batch, picks, strict=True)],
