@@ -20,6 +20,7 @@ from orchestrator.training.eval_transfer import (
     cross_format,
     evaluate_unseen,
     greedy_ensemble,
+    meter_fits_label,
     per_class_recall,
     rank_templates,
     unseen_view,
@@ -296,6 +297,28 @@ def test_evaluate_unseen_reports_every_check() -> None:
     assert report["zero_shot_rhythm"]["single"]["balanced_accuracy"] == 1.0
     assert report["zero_shot_rhythm"]["ensemble"]["n"] == 2
     assert report["cross_format"]["musicxml"]["failed"] == 2
+    json.dumps(report)
+
+
+def test_unseen_rhythm_is_also_scored_on_the_tunes_whose_meter_fits_their_label() -> None:
+    jig_text = "M:6/8\nL:1/8\nK:G\nGAG GAB|ABA ABd|\n"
+    records = [
+        replace(tune(0, "jig", jig_text), meter="6/8"),
+        replace(tune(1, "jig"), meter="9/8"),  # a slip jig its book calls a jig
+        replace(tune(2, "reel"), meter="2/2"),
+        replace(tune(3, "air"), meter="3/4"),
+    ]
+    assert [meter_fits_label(r) for r in records] == [True, False, True, False]
+    views = [unseen_view(r) for r in records]
+    music = {text: axis(k) for k, text in enumerate(r.music_text for r in records)}
+    # Tune 1 sounds like a slip jig: wrong by its book's label, out of the second score.
+    music.update({views[0]: axis(0), views[1]: axis(4), views[2]: axis(1), views[3]: axis(3)})
+    texts = {**prompts("a {label}"), **{full_text(r): axis(9) for r in records}}
+    report = evaluate_unseen(FakeEncoder(music, texts), records, FakeCache({}), ["a {label}"])
+    assert report["zero_shot_rhythm"]["single"]["balanced_accuracy"] == pytest.approx(0.75)
+    fits = report["zero_shot_rhythm_meter_fits_label"]
+    assert fits["left_out"] == {"jig": 1}
+    assert fits["single"]["n"] == 2 and fits["single"]["balanced_accuracy"] == 1.0
     json.dumps(report)
 
 
