@@ -26,6 +26,7 @@ from orchestrator.training.data import TuneRecord, full_text
 from orchestrator.training.eval import retrieval_metrics
 from orchestrator.training.roundtrip import FORMATS
 from workers.abc import ParsedPiece, parse_abc_text
+from workers.abc.rhythm import meter_kind
 
 RHYTHM_CLASSES: tuple[str, ...] = ("jig", "reel", "hornpipe", "waltz", "slip jig")
 SINGLE_TEMPLATE: tuple[str, ...] = ("a {label}",)
@@ -42,14 +43,14 @@ TEMPLATE_CANDIDATES: tuple[str, ...] = (
     "music for a {label}",
 )
 UNSEEN_VIEW = "encoder music text with chord symbols added at bar starts"
-_DUPLE = frozenset({"2/4", "2/2", "4/4"})
-# The meters each dance type is defined by. A book's label on a tune in another meter says
-# what the book called it, which no reader of the music can recover: Ryan's calls 24 tunes
-# in 9/8 (slip-jig time) "jig", and 16 duple ones (American clog "jigs") too.
+# The meter kinds (workers.abc.rhythm.meter_kind) each dance type is defined by. A book's
+# label on a tune in another meter says what the book called it, which no reader of the music
+# can recover: Ryan's calls 24 tunes in 9/8 (slip-jig time) "jig", and 16 duple ones
+# (American clog "jigs") too.
 DANCE_METERS: Mapping[str, frozenset[str]] = {
     "jig": frozenset({"6/8", "12/8"}),
-    "reel": _DUPLE,
-    "hornpipe": _DUPLE,
+    "reel": frozenset({"duple"}),
+    "hornpipe": frozenset({"duple"}),
     "waltz": frozenset({"3/4"}),
     "slip jig": frozenset({"9/8"}),
 }
@@ -156,7 +157,9 @@ def rhythm_labelled(records: Sequence[TuneRecord]) -> list[TuneRecord]:
 def meter_fits_label(record: TuneRecord) -> bool:
     """Whether the record's dance type is one of DANCE_METERS and its meter one of that
     type's."""
-    return record.meter in DANCE_METERS.get(record.rhythm or "", frozenset())
+    if record.meter is None:
+        return False
+    return meter_kind(record.meter)[0] in DANCE_METERS.get(record.rhythm or "", frozenset())
 
 
 def prompt_vectors(
