@@ -393,6 +393,25 @@ def test_training_without_the_book_in_texts_trains_other_weights() -> None:
     assert not torch.equal(a["text_proj.weight"], b["text_proj.weight"])
 
 
+def test_a_fine_tune_leaves_the_book_out_when_its_parent_did(tmp_path: Path) -> None:
+    from orchestrator.training import TrainConfig, save_model
+    from orchestrator.training.model import build_model, like_start, start_from_checkpoint
+
+    bookless = TrainConfig(**TINY, text_collection=False)
+    parent = save_model(build_model(bookless).eval(), tmp_path / "bookless", cfg=bookless)
+    # Catalogue retraining runs the default recipe, which names the book.
+    assert not like_start(TrainConfig(**TINY), start_from_checkpoint(parent)).text_collection
+    plain = TrainConfig(**TINY)
+    other = save_model(build_model(plain).eval(), tmp_path / "plain", cfg=plain)
+    assert like_start(TrainConfig(**TINY), start_from_checkpoint(other)).text_collection
+    # A run may still leave the book out below a parent that named it.
+    assert not like_start(bookless, start_from_checkpoint(other)).text_collection
+    # A manifest from before the field, or hand-edited into junk, named the book.
+    data = json.loads((parent / "manifest.json").read_text(encoding="utf-8"))
+    (parent / "manifest.json").write_text(json.dumps({**data, "train_config": ["junk"]}))
+    assert start_from_checkpoint(parent).text_collection
+
+
 def test_command_line_flags_override_the_config_file(tmp_path: Path) -> None:
     from orchestrator.training.cli import parse_config
 

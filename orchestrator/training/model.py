@@ -48,6 +48,9 @@ class StartingPoint:
     text_rhythm_words: bool = False
     # And the share of its text draws that were offered those words.
     text_rhythm_words_p: float = 1.0
+    # Whether its training texts named the tune's book: a fine-tune that named it again would
+    # pay the music tower for the book-telling writing its parent was kept from learning.
+    text_collection: bool = True
 
 
 def clamp_config(cfg: TrainConfig) -> ClampConfig:
@@ -103,6 +106,8 @@ def start_from_checkpoint(model_dir: Path) -> StartingPoint:
         text_rhythm_words_p=_share(recipe.get("text_rhythm_words_p", 1.0))
         if isinstance(recipe, dict)
         else 1.0,
+        # Only an explicit false counts: a manifest from before the field named the book.
+        text_collection=not (isinstance(recipe, dict) and recipe.get("text_collection") is False),
     )
 
 
@@ -132,6 +137,7 @@ def like_start(cfg: TrainConfig, start: StartingPoint) -> TrainConfig:
             "text_rhythm_words_p": start.text_rhythm_words_p
             if words_from_parent
             else cfg.text_rhythm_words_p,
+            "text_collection": cfg.text_collection and start.text_collection,
         }
     )
 
