@@ -31,6 +31,15 @@ class GateDecision:
         return asdict(self)
 
 
+# Each check's metric and the count of pieces it was measured on (MRR: every held-out tune).
+_CHECKS = (
+    ("text_to_music_mrr", None, "text->music MRR"),
+    ("zero_shot_accuracy", "zero_shot_pieces", "zero-shot accuracy"),
+    ("musicxml_top10", "musicxml_queries", "MusicXML->ABC top 10"),
+    ("midi_top10", "midi_queries", "MIDI->ABC top 10"),
+)
+
+
 def gate(
     candidate: dict[str, float],
     active: dict[str, float],
@@ -39,31 +48,54 @@ def gate(
     zero_shot_margin: float,
     cross_format_margin: float,
     heldout: int,
+    min_pieces: int,
 ) -> GateDecision:
-    """Accept only a candidate that beats the active model on the same held-out tunes."""
+    """Accept only a candidate that beats the active model on the same held-out tunes.
+
+    Below `min_pieces` held-out tunes nothing is accepted: one tune's rank would decide. A
+    check measured on fewer pieces than that is left out, and the reason says so.
+    """
+    if heldout < min_pieces:
+        return GateDecision(
+            False,
+            f"not judged: {heldout} held-out tunes, and the gate needs {min_pieces} "
+            "(CLAMP_INDEX_GATE_MIN_HELDOUT); `clamp-index models promote` promotes the "
+            "candidate by hand",
+            candidate,
+            active,
+            heldout,
+        )
     # MRR is always measured; the others only where both models could be.
     gain = candidate["text_to_music_mrr"] - active["text_to_music_mrr"]
-    checks = [
-        ("text_to_music_mrr", "text->music MRR", mrr_margin),
-        ("zero_shot_accuracy", "zero-shot accuracy", zero_shot_margin),
-        ("musicxml_top10", "MusicXML->ABC top 10", cross_format_margin),
-        ("midi_top10", "MIDI->ABC top 10", cross_format_margin),
-    ]
+    margins = {
+        "text_to_music_mrr": mrr_margin,
+        "zero_shot_accuracy": zero_shot_margin,
+        "musicxml_top10": cross_format_margin,
+        "midi_top10": cross_format_margin,
+    }
     reasons = []
-    for name, label, margin in checks:
+    too_few = []
+    for name, count, label in _CHECKS:
         if name not in candidate or name not in active:
             continue
+        pieces = heldout if count is None else int(candidate.get(count, heldout))
+        if pieces < min_pieces:
+            too_few.append(f"{label} ({pieces})")
+            continue
         change = candidate[name] - active[name]
-        if change < margin:
+        if change < margins[name]:
             reasons.append(
                 f"{label} {candidate[name]:.4f} vs active {active[name]:.4f} "
-                f"(gain {change:+.4f}, needs {margin:+.4f})"
+                f"(gain {change:+.4f}, needs {margins[name]:+.4f})"
             )
+    left_out = f"; left out, measured on fewer than {min_pieces}: {', '.join(too_few)}"
+    note = left_out if too_few else ""
     if reasons:
-        return GateDecision(False, "rejected: " + "; ".join(reasons), candidate, active, heldout)
+        reason = "rejected: " + "; ".join(reasons) + note
+        return GateDecision(False, reason, candidate, active, heldout)
     return GateDecision(
         True,
-        f"accepted: text->music MRR gain {gain:+.4f} on {heldout} held-out tunes",
+        f"accepted: text->music MRR gain {gain:+.4f} on {heldout} held-out tunes{note}",
         candidate,
         active,
         heldout,
@@ -166,7 +198,7 @@ def _train_gate_promote(
     from orchestrator.training import evaluate_model, records_from_pieces, train_on_catalogue
     from orchestrator.training.data import TuneRecord
     from orchestrator.training.roundtrip import RoundTripCache
-    from orchestrator.training.run import RoundTripPlan
+    from orchestrator.training.run import RoundTripPlan, catalogue_split
 
     with session_scope(sessions) as session:
         job = session.get(Job, job_id)
@@ -179,6 +211,11 @@ def _train_gate_promote(
         version = str(_next_version(session, name))
     if len(records) < 20:
         _finish(sessions, job_id, JobStatus.FAILED, error=_too_few(len(records)))
+        return
+    _, judged_on = catalogue_split(records)
+    if len(judged_on) < settings.gate_min_heldout:
+        error = _too_few_heldout(len(records), len(judged_on), settings.gate_min_heldout)
+        _finish(sessions, job_id, JobStatus.FAILED, error=error)
         return
     plan = (
         RoundTripPlan(
@@ -227,6 +264,7 @@ def _train_gate_promote(
         zero_shot_margin=settings.gate_zero_shot_margin,
         cross_format_margin=settings.gate_cross_format_margin,
         heldout=len(heldout),
+        min_pieces=settings.gate_min_heldout,
     )
     gate_s = time.monotonic() - started
     with session_scope(sessions) as session:
@@ -301,6 +339,14 @@ def _too_few(n: int) -> str:
     return (
         f"the catalogue has {n} distinct tunes with metadata text; training needs at least 20 "
         "(a held-out tenth must remain to judge the candidate)"
+    )
+
+
+def _too_few_heldout(tunes: int, heldout: int, needed: int) -> str:
+    return (
+        f"of the catalogue's {tunes} tunes, {heldout} fall in the held-out tenth that judges a "
+        f"candidate, and the gate needs {needed}: ingest more tunes, or lower "
+        "CLAMP_INDEX_GATE_MIN_HELDOUT and accept a gate that a few tunes' ranks decide"
     )
 
 

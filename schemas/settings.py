@@ -214,6 +214,13 @@ class Settings(BaseSettings):
         "tunes' round trips by this much, where both models were measured on them "
         "(negative: the loss tolerated).",
     )
+    gate_min_heldout: int = Field(
+        10,
+        ge=1,
+        description="Held-out tunes the gate needs to judge a candidate, and pieces each of its "
+        "checks needs to count. A catalogue with fewer held-out tunes is not trained (one tune's "
+        "rank would decide); a check measured on fewer is left out of the decision.",
+    )
     api_host: str = Field("127.0.0.1", description="`serve` listens here (0.0.0.0: all).")
     api_port: int = Field(8765, ge=0, le=65535, description="`serve` port (0: any free one).")
     api_token: SecretStr | None = Field(

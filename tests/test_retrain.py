@@ -65,6 +65,7 @@ def test_gate_needs_both_a_better_mrr_and_no_worse_zero_shot() -> None:
         zero_shot_margin=0.0,
         cross_format_margin=-0.02,
         heldout=20,
+        min_pieces=10,
     ).accepted
     small = gate(
         {"text_to_music_mrr": 0.305, "zero_shot_accuracy": 0.9},
@@ -73,6 +74,7 @@ def test_gate_needs_both_a_better_mrr_and_no_worse_zero_shot() -> None:
         zero_shot_margin=0.0,
         cross_format_margin=-0.02,
         heldout=20,
+        min_pieces=10,
     )
     assert not small.accepted and "gain +0.0050, needs +0.0100" in small.reason
     worse = gate(
@@ -82,12 +84,13 @@ def test_gate_needs_both_a_better_mrr_and_no_worse_zero_shot() -> None:
         zero_shot_margin=0.0,
         cross_format_margin=-0.02,
         heldout=20,
+        min_pieces=10,
     )
     assert not worse.accepted and "zero-shot accuracy 0.5000" in worse.reason
     # Without labels among the held-out tunes only MRR decides.
     assert gate(
         {"text_to_music_mrr": 0.4}, {"text_to_music_mrr": 0.3}, mrr_margin=0.01,
-        zero_shot_margin=0.0, cross_format_margin=-0.02, heldout=9,
+        zero_shot_margin=0.0, cross_format_margin=-0.02, heldout=20, min_pieces=10,
     ).accepted  # fmt: skip
 
 
@@ -103,6 +106,7 @@ def test_gate_rejects_a_candidate_that_loses_converted_files() -> None:
             zero_shot_margin=0.0,
             cross_format_margin=-0.02,
             heldout=100,
+            min_pieces=10,
         )
         return decision.accepted, decision.reason
 
@@ -117,7 +121,47 @@ def test_gate_rejects_a_candidate_that_loses_converted_files() -> None:
     assert gate(
         {"text_to_music_mrr": 0.40, "midi_top10": 0.1}, {"text_to_music_mrr": 0.30},
         mrr_margin=0.01, zero_shot_margin=0.0, cross_format_margin=-0.02, heldout=100,
+        min_pieces=10,
     ).accepted  # fmt: skip
+
+
+def test_gate_does_not_judge_on_a_handful_of_tunes() -> None:
+    margins = {"mrr_margin": 0.01, "zero_shot_margin": 0.0, "cross_format_margin": -0.02}
+    active = {"text_to_music_mrr": 0.30, "zero_shot_accuracy": 0.60, "midi_top10": 0.80}
+    better = {"text_to_music_mrr": 0.60, "zero_shot_accuracy": 0.90, "midi_top10": 0.90}
+    few = gate(better, active, **margins, heldout=4, min_pieces=10)
+    assert not few.accepted
+    assert few.reason.startswith("not judged: 4 held-out tunes, and the gate needs 10")
+    assert "models promote" in few.reason
+    # Enough tunes, but MIDI converted for only 3 of them: that check is left out either way.
+    lost = {**better, "midi_top10": 0.1, "midi_queries": 3.0, "zero_shot_pieces": 12.0}
+    kept = gate(lost, active, **margins, heldout=12, min_pieces=10)
+    assert kept.accepted
+    assert kept.reason.endswith("left out, measured on fewer than 10: MIDI->ABC top 10 (3)")
+    worse = gate({**lost, "zero_shot_accuracy": 0.5}, active, **margins, heldout=12, min_pieces=10)
+    assert not worse.accepted and worse.reason.startswith("rejected: zero-shot accuracy 0.5000")
+    assert "MIDI->ABC top 10 (3)" in worse.reason
+    assert gate(
+        {**lost, "midi_queries": 10.0}, active, **margins, heldout=12, min_pieces=10
+    ).reason.startswith("rejected: MIDI->ABC top 10 0.1000")
+
+
+def test_a_catalogue_too_small_to_judge_is_not_trained(
+    folk: Path, embedded_env: dict[str, str]
+) -> None:
+    settings = settings_from_env(embedded_env, gate_min_heldout=40)
+    close_contexts()
+    try:
+        jobs.ingest(settings, [folk])
+        started = time.monotonic()
+        result = retrain(settings, steps=20)
+        assert time.monotonic() - started < 30  # refused before any training
+    finally:
+        close_contexts()
+    assert result.status == "failed" and result.candidate_id is None
+    assert result.error is not None
+    assert "held-out tenth" in result.error and "the gate needs 40" in result.error
+    assert "CLAMP_INDEX_GATE_MIN_HELDOUT" in result.error
 
 
 def test_a_rejected_candidate_changes_nothing(folk: Path, embedded_env: dict[str, str]) -> None:

@@ -94,6 +94,11 @@ def prepare_records(records: Sequence[TuneRecord]) -> list[TuneRecord]:
     return [unique[k] for k in sorted(unique)]
 
 
+def catalogue_split(records: Sequence[TuneRecord]) -> tuple[list[TuneRecord], list[TuneRecord]]:
+    """The training and held-out tunes a catalogue run of these records will use."""
+    return split_records(prepare_records(records), CATALOGUE_SALT)
+
+
 def run_config(
     base: TrainConfig, *, name: str, version: str, steps: int, seed: int, train_tunes: int
 ) -> TrainConfig:
