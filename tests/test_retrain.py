@@ -147,12 +147,14 @@ def test_gate_does_not_judge_on_a_handful_of_tunes() -> None:
 
 
 def test_a_catalogue_too_small_to_judge_is_not_trained(
-    folk: Path, embedded_env: dict[str, str]
+    tmp_path: Path, embedded_env: dict[str, str]
 ) -> None:
-    settings = settings_from_env(embedded_env, gate_min_heldout=40)
+    small = tmp_path / "small"
+    copy_ryans_tunes(small, 40)  # enough to train (20), a held-out tenth of about 4
+    settings = settings_from_env(embedded_env)
     close_contexts()
     try:
-        jobs.ingest(settings, [folk])
+        jobs.ingest(settings, [small])
         started = time.monotonic()
         result = retrain(settings, steps=20)
         assert time.monotonic() - started < 30  # refused before any training
@@ -160,7 +162,7 @@ def test_a_catalogue_too_small_to_judge_is_not_trained(
         close_contexts()
     assert result.status == "failed" and result.candidate_id is None
     assert result.error is not None
-    assert "held-out tenth" in result.error and "the gate needs 40" in result.error
+    assert "held-out tenth" in result.error and "the gate needs 10" in result.error
     assert "CLAMP_INDEX_GATE_MIN_HELDOUT" in result.error
 
 
