@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from orchestrator import models
 from orchestrator.jobs import JobInterruptedError, wait_for, wake_workers
-from schemas.collection import CollectionSpec, collection_name
+from schemas.collection import INPUT_PROFILE_META, CollectionSpec, collection_name
 from schemas.db import (
     CollectionState,
     Job,
@@ -160,6 +160,7 @@ def plan_reindex(
         "model_name": target.name,
         "model_version": target.version,
         "model_kind": target.kind,
+        INPUT_PROFILE_META: str(manifest["input_profile"]),
         "dim": str(manifest["dim"]),
         "max_patches": str(manifest["max_patches"]),
         "precision": settings.precision,

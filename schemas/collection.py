@@ -23,6 +23,11 @@ PAYLOAD_INDEXES: dict[str, PayloadType] = {
 }
 
 
+# The collection meta key for the model's input profile (workers.abc.profiles): the version
+# names the weights, and the same weights reading another rewrite of the music differ.
+INPUT_PROFILE_META = "input_profile"
+
+
 def point_id(piece_id: str) -> str:
     """Deterministic point id, so re-upserting a piece overwrites instead of duplicating."""
     return str(uuid.uuid5(POINT_NAMESPACE, piece_id))

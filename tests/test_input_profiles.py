@@ -118,6 +118,34 @@ def test_ingest_and_search_read_music_the_models_way(
         close_contexts()
 
 
+def test_a_profile_edited_into_the_manifest_is_refused_by_its_collection(
+    tmp_path: Path, embedded_env: dict[str, str]
+) -> None:
+    """The version names the weights only: with the manifest's profile changed in place, the
+    registered model would write and query vectors of another input into the same collection."""
+    model_dir = write_random_checkpoint(tmp_path / "m", input_profile=RHYTHM_SUMMARY_PROFILE)
+    env = {**embedded_env, "CLAMP_INDEX_MODEL_DIR": str(model_dir)}
+    tunes = tmp_path / "tunes"
+    tunes.mkdir()
+    (tunes / "a.abc").write_text(f"X:1\nT:A\n{REEL}")
+    assert run_cli(["ingest", str(tunes), "--json"], env).returncode == 0
+
+    manifest = model_dir / "manifest.json"
+    original = manifest.read_text(encoding="utf-8")
+    manifest.write_text(json.dumps({**json.loads(original), "input_profile": REFERENCE_PROFILE}))
+    (tunes / "b.abc").write_text("X:1\nT:B\nM:6/8\nL:1/8\nK:G\nGAB cBA|GAB d2B|\n")
+    for args in (["search", "a reel"], ["ingest", str(tunes)]):
+        refused = run_cli(args, env)
+        assert refused.returncode == 1, refused.stdout
+        assert f"read with input profile '{RHYTHM_SUMMARY_PROFILE}'" in refused.stderr
+        assert "Restore input_profile" in refused.stderr
+
+    manifest.write_text(original)
+    resumed = run_cli(["ingest", str(tunes), "--json"], env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["indexed"] == 1
+
+
 def test_training_reads_every_view_under_the_runs_profile() -> None:
     from orchestrator.training.data import content_key
     from orchestrator.training.views import tune_views, view_patches

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from schemas.collection import CollectionSpec, collection_name
+from schemas.collection import INPUT_PROFILE_META, CollectionSpec, collection_name
 from schemas.db import ModelStatus
 from schemas.filters import FILTER_PAYLOAD_VERSION, FILTER_VERSION_META
 from schemas.settings import Settings
@@ -86,18 +86,28 @@ class WorkerContext:
         return self._load(ModelSource(model_dir_of(self.settings), self.settings.tokenizer_dir))
 
     def encoder_for(self, collection: str) -> ClampEncoder:
-        """The model whose vectors fill `collection`: its registry entry, else the configured."""
+        """The model whose vectors fill `collection`: its registry entry, else the configured.
+
+        Either way its manifest must still match what the collection recorded: files edited
+        in place under a registered path (a hand-changed `input_profile`) would otherwise
+        write vectors of another input into the same collection.
+        """
         source = self.model_of(collection)
-        if source is None:  # built before the registry: it must be the configured model
-            encoder = self.encoder
+        # Built before the registry: it must be the configured model.
+        encoder = self.encoder if source is None else self._load(source)
+        key = (collection, encoder.manifest)
+        with self._models_lock:
+            checked = key in self._checked_models
+        if not checked:
             check_same_model(
                 self.store.collection_meta(collection),
                 collection,
                 self.settings.collection_alias,
                 encoder.manifest,
             )
-            return encoder
-        return self._load(source)
+            with self._models_lock:
+                self._checked_models.add(key)
+        return encoder
 
     def model_of(self, collection: str) -> ModelSource | None:
         with self._models_lock:
@@ -109,6 +119,10 @@ class WorkerContext:
     @cached_property
     def _collection_models(self) -> dict[str, ModelSource | None]:
         return {}  # a collection's model never changes: looked up once per process
+
+    @cached_property
+    def _checked_models(self) -> set[tuple[str, ModelManifest]]:
+        return set()  # (collection, manifest) pairs check_same_model passed: once per process
 
     @cached_property
     def _models_lock(self) -> threading.Lock:
@@ -196,6 +210,7 @@ def collection_meta(manifest: ModelManifest, encoder: ClampEncoder) -> dict[str,
         "model_name": manifest.name,
         "model_version": manifest.version,
         "model_kind": manifest.kind,
+        INPUT_PROFILE_META: manifest.input_profile,
         "dim": str(manifest.dim),
         "max_patches": str(manifest.max_patches),
         "precision": encoder.precision,
@@ -220,7 +235,12 @@ def _registered_model(session: Session, collection: str) -> ModelSource | None:
 
 
 def check_same_model(meta: dict[str, str], name: str, alias: str, manifest: ModelManifest) -> None:
-    """Refuse to mix vectors of two models in one collection (or compare across them)."""
+    """Refuse to mix vectors of two models in one collection (or compare across them).
+
+    The version comes from the weights, so the input profile is checked apart from it: the
+    same weights reading another rewrite of the music make other vectors. Collections made
+    before the profile was recorded are checked on the version alone.
+    """
     if meta.get("model_version") != manifest.version:
         raise ModelMismatchError(
             f"collection {name!r} (alias {alias!r}) holds vectors of model "
@@ -228,6 +248,16 @@ def check_same_model(meta: dict[str, str], name: str, alias: str, manifest: Mode
             f"configured model is {manifest.name!r} version {manifest.version!r}; vectors of "
             "different models are not comparable. Point CLAMP_INDEX_MODEL_DIR at the original "
             "model, or use another CLAMP_INDEX_COLLECTION_ALIAS."
+        )
+    recorded = meta.get(INPUT_PROFILE_META)
+    if recorded is not None and recorded != manifest.input_profile:
+        raise ModelMismatchError(
+            f"collection {name!r} (alias {alias!r}) holds vectors of model "
+            f"{manifest.name!r} version {manifest.version!r} read with input profile "
+            f"{recorded!r}, but its manifest now says input_profile "
+            f"{manifest.input_profile!r}; the same weights make other vectors from another "
+            f"input. Restore input_profile {recorded!r} in the model's manifest.json, or "
+            "train a model with the new profile (its version differs) and reindex."
         )
 
 
